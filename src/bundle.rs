@@ -1,0 +1,136 @@
+//! Loading a model bundle from a directory or from the binary itself, with
+//! every file checked against the manifest before it is used.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::manifest::{sha256_hex, Manifest};
+
+/// Where a bundle was loaded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory on disk.
+    Dir(PathBuf),
+    /// Compiled into the binary (`embedded-model` feature).
+    Embedded,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Dir(p) => write!(f, "{}", p.display()),
+            Source::Embedded => f.write_str("<embedded>"),
+        }
+    }
+}
+
+/// A verified bundle: manifest plus the bytes of the model and tokenizer.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    pub source: Source,
+    pub model_bytes: Cow<'static, [u8]>,
+    pub tokenizer_bytes: Cow<'static, [u8]>,
+}
+
+impl Bundle {
+    /// Loads `dir/manifest.json` and the files it names, checking sizes and hashes.
+    pub fn load_dir(dir: impl AsRef<Path>) -> Result<Bundle> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::MissingModelDir {
+                path: dir.to_path_buf(),
+            });
+        }
+        let manifest_path = dir.join("manifest.json");
+        let text = read_file(&manifest_path)?;
+        let text = String::from_utf8(text).map_err(|_| Error::Manifest {
+            path: manifest_path.clone(),
+            reason: "not valid UTF-8".into(),
+        })?;
+        let manifest = Manifest::parse(&text).map_err(|reason| Error::Manifest {
+            path: manifest_path.clone(),
+            reason,
+        })?;
+        let model_bytes = read_verified(dir, &manifest, &manifest.model)?;
+        let tokenizer_bytes = read_verified(dir, &manifest, &manifest.tokenizer)?;
+        Ok(Bundle {
+            manifest,
+            source: Source::Dir(dir.to_path_buf()),
+            model_bytes: Cow::Owned(model_bytes),
+            tokenizer_bytes: Cow::Owned(tokenizer_bytes),
+        })
+    }
+
+    /// Builds a bundle from in-memory parts (used for the embedded model),
+    /// checking them against the manifest exactly as files would be.
+    pub fn from_static(
+        manifest_json: &str,
+        model: &'static [u8],
+        tokenizer: &'static [u8],
+    ) -> Result<Bundle> {
+        let path = PathBuf::from("<embedded>/manifest.json");
+        let manifest = Manifest::parse(manifest_json).map_err(|reason| Error::Manifest {
+            path: path.clone(),
+            reason,
+        })?;
+        let base = Path::new("<embedded>");
+        verify(base, &manifest, &manifest.model, model)?;
+        verify(base, &manifest, &manifest.tokenizer, tokenizer)?;
+        Ok(Bundle {
+            manifest,
+            source: Source::Embedded,
+            model_bytes: Cow::Borrowed(model),
+            tokenizer_bytes: Cow::Borrowed(tokenizer),
+        })
+    }
+
+    /// The default model compiled into this binary, if any.
+    pub fn embedded() -> Option<Result<Bundle>> {
+        crate::embedded::bundle()
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::MissingFile {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::io(path, e)
+        }
+    })
+}
+
+fn read_verified(dir: &Path, manifest: &Manifest, name: &str) -> Result<Vec<u8>> {
+    let bytes = read_file(&dir.join(name))?;
+    verify(dir, manifest, name, &bytes)?;
+    Ok(bytes)
+}
+
+/// Checks `bytes` against the manifest entry for `name`.
+pub fn verify(dir: &Path, manifest: &Manifest, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let entry = manifest.file(name).ok_or_else(|| Error::Manifest {
+        path: dir.join("manifest.json"),
+        reason: format!("{name} is not listed in files"),
+    })?;
+    if entry.bytes != bytes.len() as u64 {
+        return Err(Error::SizeMismatch {
+            path,
+            expected: entry.bytes,
+            actual: bytes.len() as u64,
+        });
+    }
+    let actual = sha256_hex(bytes);
+    if !actual.eq_ignore_ascii_case(&entry.sha256) {
+        return Err(Error::ChecksumMismatch {
+            path,
+            expected: entry.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}

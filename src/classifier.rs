@@ -1,0 +1,118 @@
+//! Text in, label out: a bundle's tokenizer, engine and labels put together.
+
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::engine::{Engine, ModelFormat};
+use crate::error::{Error, Result};
+use crate::manifest::{check_buckets, Manifest};
+use crate::postprocess::{argmax, softmax_into};
+use crate::tokenize::TextTokenizer;
+
+/// The result of classifying one text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Classification {
+    /// The winning label.
+    pub label: String,
+    /// Its probability.
+    pub score: f32,
+    /// Probability of every label, in manifest order.
+    pub scores: Vec<(String, f32)>,
+    /// Raw logits, in manifest order.
+    pub logits: Vec<f32>,
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+    /// Whether the text was cut to the model's maximum length.
+    pub truncated: bool,
+}
+
+/// A loaded bundle, ready to classify texts.
+#[derive(Debug)]
+pub struct Classifier {
+    manifest: Manifest,
+    source: crate::bundle::Source,
+    tokenizer: TextTokenizer,
+    engine: Engine,
+}
+
+impl Classifier {
+    /// Builds the tokenizer and every bucket's plan. `buckets` overrides the
+    /// manifest's bucket list.
+    pub fn new(bundle: &Bundle, buckets: Option<&[usize]>) -> Result<Classifier> {
+        let m = &bundle.manifest;
+        let buckets = match buckets {
+            Some(b) => {
+                let mut b = b.to_vec();
+                b.sort_unstable();
+                b.dedup();
+                check_buckets(&b, m.max_seq_len).map_err(Error::InvalidArgument)?;
+                b
+            }
+            None => m.effective_buckets(),
+        };
+        let tokenizer = TextTokenizer::from_bytes(&bundle.tokenizer_bytes, m.max_seq_len)?;
+        let format = ModelFormat::from_file_name(&m.model)?;
+        let engine = Engine::load(&bundle.model_bytes, format, &buckets, m.labels.len())?;
+        for name in engine.input_names() {
+            if !m.inputs.contains(name) {
+                return Err(Error::Model(format!(
+                    "model input {name:?} is not listed in the manifest's inputs"
+                )));
+            }
+        }
+        Ok(Classifier {
+            manifest: m.clone(),
+            source: bundle.source.clone(),
+            tokenizer,
+            engine,
+        })
+    }
+
+    /// Loads a bundle directory and builds it with the manifest's buckets.
+    pub fn from_dir(dir: impl AsRef<std::path::Path>) -> Result<Classifier> {
+        Classifier::new(&Bundle::load_dir(dir)?, None)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn source(&self) -> &crate::bundle::Source {
+        &self.source
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Logits for a text, with no check for emptiness.
+    pub fn logits(&mut self, text: &str) -> Result<(Vec<f32>, usize, bool)> {
+        let enc = self.tokenizer.encode(text)?;
+        let logits = self.engine.logits(&enc.ids)?;
+        Ok((logits, enc.ids.len(), enc.truncated))
+    }
+
+    /// Classifies one text. An empty (or all white-space) text is an error.
+    pub fn classify(&mut self, text: &str) -> Result<Classification> {
+        if text.trim().is_empty() {
+            return Err(Error::EmptyText);
+        }
+        let (logits, tokens, truncated) = self.logits(text)?;
+        let mut probs = vec![0.0; logits.len()];
+        softmax_into(&logits, &mut probs);
+        let best =
+            argmax(&probs).ok_or_else(|| Error::Model("the model produced NaN logits".into()))?;
+        Ok(Classification {
+            label: self.manifest.labels[best].clone(),
+            score: probs[best],
+            scores: self.manifest.labels.iter().cloned().zip(probs).collect(),
+            logits,
+            tokens,
+            truncated,
+        })
+    }
+}

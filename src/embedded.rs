@@ -1,0 +1,31 @@
+//! The default model, compiled into the binary with the `embedded-model`
+//! feature (on by default), so `edge-bert classify` needs no flags.
+
+#[cfg(feature = "embedded-model")]
+mod inner {
+    use crate::bundle::Bundle;
+    use crate::error::Result;
+
+    /// Directory (relative to the crate root) of the bundle that is embedded.
+    pub const DIR: &str = "models/sentiment-fp32";
+
+    static MANIFEST: &str = include_str!("../models/sentiment-fp32/manifest.json");
+    static MODEL: &[u8] = include_bytes!("../models/sentiment-fp32/model.onnx");
+    static TOKENIZER: &[u8] = include_bytes!("../models/sentiment-fp32/tokenizer.json");
+
+    pub fn bundle() -> Option<Result<Bundle>> {
+        Some(Bundle::from_static(MANIFEST, MODEL, TOKENIZER))
+    }
+}
+
+#[cfg(not(feature = "embedded-model"))]
+mod inner {
+    use crate::bundle::Bundle;
+    use crate::error::Result;
+
+    pub fn bundle() -> Option<Result<Bundle>> {
+        None
+    }
+}
+
+pub use inner::*;

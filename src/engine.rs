@@ -1,0 +1,269 @@
+//! The tract engine: one optimised, fixed-shape plan per length bucket, all
+//! built at load time, each with a state that is spawned once and reused.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::konst::Const;
+
+use crate::error::{Error, Result};
+use crate::manifest::{check_buckets, InputRole};
+
+/// How a model file is encoded, decided from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    Onnx,
+}
+
+impl ModelFormat {
+    /// Picks the format from the model file's name.
+    pub fn from_file_name(name: &str) -> Result<ModelFormat> {
+        if name.ends_with(".onnx") {
+            Ok(ModelFormat::Onnx)
+        } else {
+            Err(Error::Model(format!(
+                "unsupported model file {name:?}: expected an .onnx file"
+            )))
+        }
+    }
+}
+
+/// One matrix product of the model and the element types it multiplies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatmulInfo {
+    pub node: String,
+    pub op: String,
+    pub input_types: Vec<String>,
+}
+
+/// Facts about the loaded graph, gathered once at load time.
+#[derive(Debug, Clone, Default)]
+pub struct ModelStats {
+    /// Number of weight values (float and 8-bit constants of rank ≥ 1).
+    pub parameters: usize,
+    /// Every matrix product with its input element types.
+    pub matmuls: Vec<MatmulInfo>,
+}
+
+struct BucketPlan {
+    len: usize,
+    state: TypedSimpleState,
+}
+
+/// A ready-to-run model: a plan and a reusable state per length bucket.
+pub struct Engine {
+    plans: Vec<BucketPlan>,
+    roles: Vec<InputRole>,
+    input_names: Vec<String>,
+    n_outputs: usize,
+    stats: ModelStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("buckets", &self.buckets())
+            .field("inputs", &self.input_names)
+            .field("n_outputs", &self.n_outputs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads a model, checks its inputs and builds one optimised plan per bucket.
+    ///
+    /// `n_labels` is the expected width of the single logits output.
+    pub fn load(
+        model_bytes: &[u8],
+        format: ModelFormat,
+        buckets: &[usize],
+        n_labels: usize,
+    ) -> Result<Engine> {
+        let max = *buckets
+            .last()
+            .ok_or_else(|| Error::InvalidArgument("no length buckets given".into()))?;
+        check_buckets(buckets, max).map_err(Error::InvalidArgument)?;
+        let ModelFormat::Onnx = format;
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &*model_bytes)
+            .map_err(Error::model)?;
+
+        let seq = model.symbols.sym("S");
+        let mut roles = Vec::new();
+        let mut input_names = Vec::new();
+        let inputs = model.input_outlets().map_err(Error::model)?.to_vec();
+        for (ix, outlet) in inputs.iter().enumerate() {
+            let name = model.node(outlet.node).name.clone();
+            let role = InputRole::from_name(&name).ok_or_else(|| {
+                Error::Model(format!(
+                    "model input {name:?} is not one of input_ids, attention_mask, token_type_ids"
+                ))
+            })?;
+            let fact = InferenceFact::dt_shape(i64::datum_type(), [1.to_dim(), seq.to_dim()]);
+            model.set_input_fact(ix, fact).map_err(Error::model)?;
+            roles.push(role);
+            input_names.push(name);
+        }
+        if !roles.contains(&InputRole::Ids) {
+            return Err(Error::Model("model has no input_ids input".into()));
+        }
+        if model.output_outlets().map_err(Error::model)?.len() != 1 {
+            return Err(Error::Model(
+                "model must have exactly one output (logits)".into(),
+            ));
+        }
+
+        let typed = model
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
+            .map_err(Error::model)?;
+        let stats = describe(&typed);
+
+        let mut plans = Vec::with_capacity(buckets.len());
+        for &len in buckets {
+            let mut subs = std::collections::HashMap::new();
+            subs.insert(seq.clone(), (len as i64).to_dim());
+            let plan = typed
+                .set_symbols(&subs)
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable())
+                .map_err(|e| Error::Model(format!("building the plan for length {len}: {e:?}")))?;
+            let state = plan.spawn().map_err(Error::model)?;
+            plans.push(BucketPlan { len, state });
+        }
+        let mut engine = Engine {
+            plans,
+            roles,
+            input_names,
+            n_outputs: n_labels,
+            stats,
+        };
+        // Check the output width once, on the smallest bucket.
+        let probe = engine.logits(&[0, 0])?;
+        if probe.len() != n_labels {
+            return Err(Error::Model(format!(
+                "model gives {} logits but the manifest has {n_labels} labels",
+                probe.len()
+            )));
+        }
+        Ok(engine)
+    }
+
+    /// The bucket lengths, smallest first.
+    pub fn buckets(&self) -> Vec<usize> {
+        self.plans.iter().map(|p| p.len).collect()
+    }
+
+    /// Model input names in graph order.
+    pub fn input_names(&self) -> &[String] {
+        &self.input_names
+    }
+
+    /// Load-time facts about the graph.
+    pub fn stats(&self) -> &ModelStats {
+        &self.stats
+    }
+
+    /// Index of the smallest bucket that holds `n` tokens.
+    pub fn bucket_for(&self, n: usize) -> Option<usize> {
+        pick_bucket(&self.buckets(), n)
+    }
+
+    /// Runs the model on one sequence of token ids (special tokens included)
+    /// and returns its logits. The sequence is padded to its bucket with
+    /// attention mask 0.
+    pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let bucket = self.bucket_for(ids.len()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{} tokens exceed the largest bucket {}",
+                ids.len(),
+                self.plans.last().map_or(0, |p| p.len)
+            ))
+        })?;
+        let plan = &mut self.plans[bucket];
+        let len = plan.len;
+        let mut inputs: TVec<TValue> = TVec::new();
+        for role in &self.roles {
+            let mut t = Tensor::zero::<i64>(&[1, len]).map_err(Error::model)?;
+            {
+                let mut view = t.try_as_plain_ram_mut().map_err(Error::model)?;
+                let v = view.as_slice_mut::<i64>().map_err(Error::model)?;
+                match role {
+                    InputRole::Ids => {
+                        for (d, &s) in v.iter_mut().zip(ids) {
+                            *d = s as i64;
+                        }
+                    }
+                    InputRole::Mask => v[..ids.len()].fill(1),
+                    InputRole::TypeIds => {}
+                }
+            }
+            inputs.push(t.into_tvalue());
+        }
+        let out = plan.state.run(inputs).map_err(Error::model)?;
+        let view = out[0].try_as_plain_ram().map_err(Error::model)?;
+        let logits = view.as_slice::<f32>().map_err(Error::model)?;
+        Ok(logits.to_vec())
+    }
+}
+
+/// Index of the smallest bucket (sorted ascending) that holds `n` tokens.
+pub fn pick_bucket(buckets: &[usize], n: usize) -> Option<usize> {
+    buckets.iter().position(|&b| b >= n)
+}
+
+fn describe(model: &TypedModel) -> ModelStats {
+    let mut stats = ModelStats::default();
+    for node in model.nodes() {
+        if let Some(k) = node.op_as::<Const>() {
+            let t = k.val();
+            let dt = t.datum_type();
+            if t.rank() >= 1 && (dt.is_float() || dt == i8::datum_type() || dt == u8::datum_type())
+            {
+                stats.parameters += t.len();
+            }
+            continue;
+        }
+        let op = node.op.name().to_string();
+        if op.contains("MatMul") || op.contains("EinSum") || op.contains("Gemm") {
+            let input_types = node
+                .inputs
+                .iter()
+                .map(|i| {
+                    model
+                        .outlet_fact(*i)
+                        .map(|f| format!("{:?}", f.datum_type))
+                        .unwrap_or_else(|_| "?".into())
+                })
+                .collect();
+            stats.matmuls.push(MatmulInfo {
+                node: node.name.clone(),
+                op,
+                input_types,
+            });
+        }
+    }
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_smallest_bucket_that_fits() {
+        let b = [16, 32, 64, 128];
+        assert_eq!(pick_bucket(&b, 0), Some(0));
+        assert_eq!(pick_bucket(&b, 16), Some(0));
+        assert_eq!(pick_bucket(&b, 17), Some(1));
+        assert_eq!(pick_bucket(&b, 128), Some(3));
+        assert_eq!(pick_bucket(&b, 129), None);
+    }
+
+    #[test]
+    fn model_format_from_name() {
+        assert_eq!(
+            ModelFormat::from_file_name("model.onnx").unwrap(),
+            ModelFormat::Onnx
+        );
+        assert!(ModelFormat::from_file_name("model.bin").is_err());
+    }
+}

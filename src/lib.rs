@@ -1,0 +1,47 @@
+//! `edge-bert`: a firmware-style BERT text-classification runtime built on
+//! [tract](https://github.com/sonos/tract), for small ARM boards.
+//!
+//! A *bundle* (a directory with `manifest.json`, a model and a
+//! `tokenizer.json`) is verified against the SHA-256 sums in its manifest,
+//! tokenised with the Hugging Face tokenizer, and run by tract with one
+//! optimised fixed-shape plan per length bucket. All plans and their states
+//! are built once at load time and reused for every text, so memory is known
+//! at start-up and short texts cost less compute than long ones.
+//!
+//! ```no_run
+//! let mut clf = edge_bert::Classifier::from_dir("models/sentiment-fp32")?;
+//! let c = clf.classify("a warm, funny, beautifully acted film")?;
+//! println!("{} {:.3}", c.label, c.score);
+//! # Ok::<(), edge_bert::Error>(())
+//! ```
+//!
+//! # Layout
+//!
+//! - [`manifest`]: the bundle manifest, parsed and validated (pure).
+//! - [`bundle`]: reading a bundle from a directory or from the binary, with
+//!   every file checked by size and SHA-256.
+//! - [`embedded`]: the default model compiled in (`embedded-model` feature).
+//! - [`tokenize`]: the bundle's tokenizer, truncating at `max_seq_len` (pure).
+//! - [`engine`]: tract plans and states, one per length bucket.
+//! - [`postprocess`]: softmax and arg-max over logits (pure).
+//! - [`classifier`]: text in, [`Classification`] out.
+//! - [`eval`]: labelled TSV files and accuracy metrics (pure).
+//! - [`error`]: the crate's [`Error`] type.
+//!
+//! The `edge-bert` binary (`src/main.rs`) is a thin command-line layer over
+//! these modules.
+
+pub mod bundle;
+pub mod classifier;
+pub mod embedded;
+pub mod engine;
+pub mod error;
+pub mod eval;
+pub mod manifest;
+pub mod postprocess;
+pub mod tokenize;
+
+pub use bundle::Bundle;
+pub use classifier::{Classification, Classifier};
+pub use error::{Error, Result};
+pub use manifest::Manifest;

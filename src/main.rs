@@ -1,0 +1,485 @@
+//! The `edge-bert` command line: a thin layer over the library.
+//!
+//! Exit codes: 0 success; 1 some input could not be classified (empty text,
+//! invalid UTF-8) or a run-time error; 2 bad command-line usage; 3 the model
+//! bundle could not be loaded; 4 the data file is unreadable or malformed.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use edge_bert::eval::{parse_tsv, Confusion};
+use edge_bert::{Bundle, Classification, Classifier, Error};
+use serde_json::json;
+
+const EXIT_INPUT: u8 = 1;
+const EXIT_MODEL: u8 = 3;
+const EXIT_DATA: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "edge-bert",
+    version,
+    about = "BERT text classification on small boards, built on tract",
+    after_help = "Examples:\n  \
+        edge-bert classify \"a gorgeous, moving film\"\n  \
+        printf 'dull\\nbrilliant\\n' | edge-bert classify --json\n  \
+        edge-bert eval --model models/sentiment-fp32 --data models/sentiment-fp32/test.tsv\n  \
+        edge-bert info --model models/tiny\n\n\
+        Exit codes: 0 ok, 1 bad input text or run-time error, 2 usage, 3 model bundle error, 4 data file error.\n\
+        Logging: RUST_LOG=info (or -v) for more detail on stderr."
+)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify texts given as arguments, or one per line on stdin.
+    #[command(
+        after_help = "Output: LABEL<TAB>score<TAB>text per text, or one JSON object per line with --json.\n\
+        Examples:\n  edge-bert classify \"what a waste of two hours\"\n  \
+        edge-bert classify --json --model models/sentiment-fp32 < reviews.txt"
+    )]
+    Classify {
+        /// Model bundle directory (default: the model embedded in this binary).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Override the length buckets, e.g. 16,32,64,128 (the last must be the max length).
+        #[arg(long, value_delimiter = ',', value_name = "N,N,..")]
+        buckets: Option<Vec<usize>>,
+        /// Texts to classify; with none, read one text per line from stdin.
+        texts: Vec<String>,
+    },
+    /// Measure accuracy on a labelled file (LABEL<TAB>text per line).
+    #[command(
+        after_help = "Example:\n  edge-bert eval --model models/sentiment-fp32 \
+        --data models/sentiment-fp32/test.tsv --json"
+    )]
+    Eval {
+        /// Model bundle directory (default: the embedded model).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// Labelled data: LABEL<TAB>text per line.
+        #[arg(long, value_name = "FILE.tsv")]
+        data: PathBuf,
+        /// A second bundle to measure agreement with.
+        #[arg(long, value_name = "DIR")]
+        reference: Option<PathBuf>,
+        /// Only the first N examples.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a bundle: manifest, shapes, buckets, parameters, files, matmul precision.
+    #[command(after_help = "Example:\n  edge-bert info --model models/tiny --json")]
+    Info {
+        /// Model bundle directory (default: the embedded model).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
+    let result = match cli.command {
+        Command::Classify {
+            model,
+            json,
+            buckets,
+            texts,
+        } => classify(model.as_deref(), json, buckets.as_deref(), texts),
+        Command::Eval {
+            model,
+            data,
+            reference,
+            limit,
+            json,
+        } => eval(model.as_deref(), &data, reference.as_deref(), limit, json),
+        Command::Info { model, json } => info(model.as_deref(), json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("edge-bert: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load_bundle(model: Option<&Path>) -> Result<Bundle, Failure> {
+    let bundle = match model {
+        Some(dir) => Bundle::load_dir(dir),
+        None => Bundle::embedded().unwrap_or_else(|| {
+            Err(Error::InvalidArgument(
+                "this binary has no embedded model: pass --model DIR".into(),
+            ))
+        }),
+    };
+    bundle.map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))
+}
+
+fn load(model: Option<&Path>, buckets: Option<&[usize]>) -> Result<Classifier, Failure> {
+    let bundle = load_bundle(model)?;
+    let started = Instant::now();
+    let clf = Classifier::new(&bundle, buckets).map_err(|e| {
+        let code = match e {
+            Error::InvalidArgument(_) => 2,
+            _ => EXIT_MODEL,
+        };
+        Failure::new(code, e.to_string())
+    })?;
+    log::info!(
+        "loaded {} from {} in {:.2?} (buckets {:?})",
+        clf.manifest().name,
+        clf.source(),
+        started.elapsed(),
+        clf.engine().buckets()
+    );
+    Ok(clf)
+}
+
+fn classification_json(c: &Classification, text: &str) -> serde_json::Value {
+    let scores: serde_json::Map<String, serde_json::Value> = c
+        .scores
+        .iter()
+        .map(|(l, p)| (l.clone(), json!(p)))
+        .collect();
+    json!({
+        "label": c.label,
+        "score": c.score,
+        "scores": scores,
+        "tokens": c.tokens,
+        "truncated": c.truncated,
+        "text": text,
+    })
+}
+
+fn classify(
+    model: Option<&Path>,
+    json: bool,
+    buckets: Option<&[usize]>,
+    texts: Vec<String>,
+) -> Result<(), Failure> {
+    let mut clf = load(model, buckets)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut failed = 0usize;
+    // Ok(false): this text was refused (reported on stderr), go on with the rest.
+    let mut one = |n: usize, text: &str, out: &mut dyn Write| -> Result<bool, Failure> {
+        match clf.classify(text) {
+            Ok(c) => {
+                if c.truncated {
+                    log::warn!(
+                        "text {n} truncated to {} tokens",
+                        clf.manifest().max_seq_len
+                    );
+                }
+                let line = if json {
+                    classification_json(&c, text).to_string()
+                } else {
+                    let flat: String = text
+                        .chars()
+                        .map(|ch| {
+                            if ch == '\t' || ch == '\n' || ch == '\r' {
+                                ' '
+                            } else {
+                                ch
+                            }
+                        })
+                        .collect();
+                    format!("{}\t{:.4}\t{}", c.label, c.score, flat)
+                };
+                writeln!(out, "{line}").map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
+            }
+            Err(e @ Error::EmptyText) => {
+                eprintln!("edge-bert: text {n}: {e}");
+                return Ok(false);
+            }
+            Err(e) => return Err(Failure::new(1, format!("text {n}: {e}"))),
+        }
+        Ok(true)
+    };
+    if texts.is_empty() {
+        let stdin = std::io::stdin();
+        let mut reader = stdin.lock();
+        let mut buf = Vec::new();
+        let mut n = 0;
+        loop {
+            buf.clear();
+            let read = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Failure::new(1, format!("reading stdin: {e}")))?;
+            if read == 0 {
+                break;
+            }
+            n += 1;
+            let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            match std::str::from_utf8(line) {
+                Ok(text) => failed += usize::from(!one(n, text, &mut out)?),
+                Err(e) => {
+                    eprintln!(
+                        "edge-bert: stdin line {n} is not valid UTF-8 (byte {}): skipped",
+                        e.valid_up_to()
+                    );
+                    failed += 1;
+                }
+            }
+        }
+    } else {
+        for (i, text) in texts.iter().enumerate() {
+            failed += usize::from(!one(i + 1, text, &mut out)?);
+        }
+    }
+    out.flush()
+        .map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
+    if failed > 0 {
+        return Err(Failure::new(
+            EXIT_INPUT,
+            format!("{failed} text(s) could not be classified"),
+        ));
+    }
+    Ok(())
+}
+
+fn eval(
+    model: Option<&Path>,
+    data: &Path,
+    reference: Option<&Path>,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut clf = load(model, None)?;
+    let mut reference = reference.map(|r| load(Some(r), None)).transpose()?;
+    let bytes = std::fs::read(data)
+        .map_err(|e| Failure::new(EXIT_DATA, format!("cannot read {}: {e}", data.display())))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Failure::new(
+            EXIT_DATA,
+            format!(
+                "{} is not valid UTF-8 (byte {})",
+                data.display(),
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let labels = clf.manifest().labels.clone();
+    let mut examples = parse_tsv(&text, &labels).map_err(|(line, reason)| {
+        Failure::new(EXIT_DATA, format!("{}:{line}: {reason}", data.display()))
+    })?;
+    if let Some(n) = limit {
+        examples.truncate(n);
+    }
+
+    let bar = indicatif::ProgressBar::new(examples.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} eval [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let mut confusion = Confusion::new(labels.len());
+    let mut agree = 0u64;
+    let mut tokens = 0u64;
+    let mut truncated = 0u64;
+    let mut busy = std::time::Duration::ZERO;
+    for ex in &examples {
+        let started = Instant::now();
+        let c = clf
+            .classify(&ex.text)
+            .map_err(|e| Failure::new(1, format!("classifying {:?}: {e}", ex.text)))?;
+        busy += started.elapsed();
+        tokens += c.tokens as u64;
+        truncated += c.truncated as u64;
+        let predicted = labels.iter().position(|l| *l == c.label).unwrap_or(0);
+        confusion.add(ex.label, predicted);
+        if let Some(r) = reference.as_mut() {
+            let rc = r
+                .classify(&ex.text)
+                .map_err(|e| Failure::new(1, format!("reference model: {e}")))?;
+            agree += (rc.label == c.label) as u64;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let n = examples.len() as u64;
+    let secs = busy.as_secs_f64().max(1e-9);
+    let per_class = confusion.per_class(&labels);
+    let report = json!({
+        "model": clf.manifest().name,
+        "source": clf.source().to_string(),
+        "data": data.display().to_string(),
+        "examples": n,
+        "correct": confusion.correct(),
+        "accuracy": confusion.accuracy(),
+        "per_class": per_class,
+        "agreement": reference.as_ref().map(|_| agree as f64 / n as f64),
+        "reference": reference.as_ref().map(|r| r.manifest().name.clone()),
+        "tokens": tokens,
+        "truncated": truncated,
+        "seconds": secs,
+        "tokens_per_second": tokens as f64 / secs,
+        "texts_per_second": n as f64 / secs,
+    });
+    if json {
+        println!("{report}");
+    } else {
+        println!("model      {} ({})", clf.manifest().name, clf.source());
+        println!(
+            "data       {} ({n} examples, {truncated} truncated)",
+            data.display()
+        );
+        println!(
+            "accuracy   {:.2}% ({}/{n})",
+            100.0 * confusion.accuracy(),
+            confusion.correct()
+        );
+        for m in &per_class {
+            println!(
+                "  {:<12} precision {:.2}%  recall {:.2}%  support {}",
+                m.label,
+                100.0 * m.precision,
+                100.0 * m.recall,
+                m.support
+            );
+        }
+        if let Some(r) = &reference {
+            println!(
+                "agreement  {:.2}% with {}",
+                100.0 * agree as f64 / n as f64,
+                r.manifest().name
+            );
+        }
+        println!(
+            "speed      {:.0} tokens/s, {:.1} texts/s ({secs:.2} s in the model path{})",
+            tokens as f64 / secs,
+            n as f64 / secs,
+            if reference.is_some() {
+                ", reference excluded"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
+    let clf = load(model, None)?;
+    let m = clf.manifest();
+    let stats = clf.engine().stats();
+    let shapes: Vec<serde_json::Value> = clf
+        .engine()
+        .buckets()
+        .iter()
+        .map(|&b| {
+            let inputs: serde_json::Map<String, serde_json::Value> = clf
+                .engine()
+                .input_names()
+                .iter()
+                .map(|n| (n.clone(), json!(format!("1x{b}xi64"))))
+                .collect();
+            json!({ "bucket": b, "inputs": inputs, "output": format!("1x{}xf32", m.labels.len()) })
+        })
+        .collect();
+    let matmuls: Vec<serde_json::Value> = stats
+        .matmuls
+        .iter()
+        .map(|mm| json!({ "node": mm.node, "op": mm.op, "input_types": mm.input_types }))
+        .collect();
+    if json {
+        let report = json!({
+            "source": clf.source().to_string(),
+            "manifest": m,
+            "buckets": clf.engine().buckets(),
+            "shapes": shapes,
+            "parameters": stats.parameters,
+            "vocab_size": clf.tokenizer().vocab_size(),
+            "matmuls": matmuls,
+        });
+        println!("{report}");
+        return Ok(());
+    }
+    println!("name         {}", m.name);
+    println!("source       {}", clf.source());
+    println!("task         {}", m.task.as_deref().unwrap_or("-"));
+    println!("precision    {}", m.precision);
+    println!("labels       {}", m.labels.join(", "));
+    println!("max length   {} tokens", m.max_seq_len);
+    println!("buckets      {:?}", clf.engine().buckets());
+    println!(
+        "inputs       {} (each 1 x bucket, i64)",
+        clf.engine().input_names().join(", ")
+    );
+    println!("output       {} (1 x {}, f32)", m.output, m.labels.len());
+    println!("parameters   {}", stats.parameters);
+    println!("vocabulary   {} tokens", clf.tokenizer().vocab_size());
+    println!("files");
+    for f in &m.files {
+        println!(
+            "  {:<20} {:>12} bytes  sha256 {}",
+            f.path, f.bytes, f.sha256
+        );
+    }
+    let mut kinds: Vec<(String, usize)> = Vec::new();
+    for mm in &stats.matmuls {
+        let key = format!("{} {}", mm.op, mm.input_types.join(" x "));
+        match kinds.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((key, 1)),
+        }
+    }
+    println!("matmuls      {} in all", stats.matmuls.len());
+    for (k, n) in &kinds {
+        println!("  {n:>3} x {k}");
+    }
+    for mm in &stats.matmuls {
+        log::info!(
+            "matmul {} {} {}",
+            mm.node,
+            mm.op,
+            mm.input_types.join(" x ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The bundle manifest (`manifest.json`): pure parsing and validation.
+//!
+//! A bundle is a directory holding a model file, a `tokenizer.json` and this
+//! manifest. The manifest records what the runtime needs to drive the model
+//! (labels, input names, maximum length, length buckets) and the SHA-256 and
+//! size of every file, so a damaged bundle is refused before it is used.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The manifest format this runtime understands.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One file of a bundle, with its size and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// The parsed `manifest.json` of a bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub name: String,
+    #[serde(default)]
+    pub task: Option<String>,
+    /// `fp32` or `int8`; informational, the graph is the truth.
+    pub precision: String,
+    /// Class names, in logit order.
+    pub labels: Vec<String>,
+    /// Longest token sequence the model is run on; longer texts are truncated.
+    pub max_seq_len: usize,
+    /// Fixed sequence lengths that get their own plan; the last one must be
+    /// `max_seq_len`.
+    #[serde(default)]
+    pub buckets: Vec<usize>,
+    /// Model input names, e.g. `input_ids`, `attention_mask`, `token_type_ids`.
+    pub inputs: Vec<String>,
+    /// Name of the logits output.
+    pub output: String,
+    /// File name of the model (ONNX).
+    pub model: String,
+    /// File name of the tokenizer (Hugging Face `tokenizer.json`).
+    pub tokenizer: String,
+    /// Every file of the bundle except the manifest itself.
+    pub files: Vec<FileEntry>,
+    /// Where the model and data came from; free-form.
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+}
+
+/// The input roles the engine knows how to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputRole {
+    Ids,
+    Mask,
+    TypeIds,
+}
+
+impl InputRole {
+    /// Maps a model input name to the role the engine fills it with.
+    pub fn from_name(name: &str) -> Option<InputRole> {
+        match name {
+            "input_ids" => Some(InputRole::Ids),
+            "attention_mask" => Some(InputRole::Mask),
+            "token_type_ids" => Some(InputRole::TypeIds),
+            _ => None,
+        }
+    }
+}
+
+impl Manifest {
+    /// Parses and validates a manifest. `Err` is a human-readable reason.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let m: Manifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks the manifest is self-consistent.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "format_version {} is not supported (this runtime reads {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        if self.labels.len() < 2 {
+            return Err("at least two labels are needed".into());
+        }
+        if self.max_seq_len < 2 {
+            return Err("max_seq_len must be at least 2 (room for [CLS] and [SEP])".into());
+        }
+        for name in &self.inputs {
+            if InputRole::from_name(name).is_none() {
+                return Err(format!("unknown model input {name:?}"));
+            }
+        }
+        if !self.inputs.iter().any(|n| n == "input_ids") {
+            return Err("inputs must include input_ids".into());
+        }
+        for needed in [&self.model, &self.tokenizer] {
+            if self.file(needed).is_none() {
+                return Err(format!("{needed} is not listed in files"));
+            }
+        }
+        for f in &self.files {
+            if f.path.contains('/') || f.path.contains('\\') || f.path.starts_with('.') {
+                return Err(format!("file path {:?} must be a plain file name", f.path));
+            }
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("sha256 of {} is not 64 hex digits", f.path));
+            }
+        }
+        check_buckets(&self.buckets, self.max_seq_len)?;
+        Ok(())
+    }
+
+    /// The entry for a file name, if listed.
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.path == path)
+    }
+
+    /// The buckets to build: the manifest's, or a default ladder.
+    pub fn effective_buckets(&self) -> Vec<usize> {
+        if self.buckets.is_empty() {
+            default_buckets(self.max_seq_len)
+        } else {
+            self.buckets.clone()
+        }
+    }
+}
+
+/// Checks a bucket list: strictly increasing, each ≥ 2, the last equal to `max_seq_len`.
+pub fn check_buckets(buckets: &[usize], max_seq_len: usize) -> Result<(), String> {
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    if buckets.iter().any(|&b| b < 2) {
+        return Err("every bucket must be at least 2 tokens".into());
+    }
+    if buckets.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!("buckets {buckets:?} must be strictly increasing"));
+    }
+    if *buckets.last().unwrap() != max_seq_len {
+        return Err(format!(
+            "the largest bucket must equal max_seq_len {max_seq_len}, got {buckets:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Powers of two from 16 up to `max_seq_len`, which is always included.
+pub fn default_buckets(max_seq_len: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut b = 16;
+    while b < max_seq_len {
+        out.push(b);
+        b *= 2;
+    }
+    out.push(max_seq_len);
+    out
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        use std::fmt::Write;
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            format_version: 1,
+            name: "t".into(),
+            task: None,
+            precision: "fp32".into(),
+            labels: vec!["NEGATIVE".into(), "POSITIVE".into()],
+            max_seq_len: 32,
+            buckets: vec![8, 16, 32],
+            inputs: vec!["input_ids".into(), "attention_mask".into()],
+            output: "logits".into(),
+            model: "model.onnx".into(),
+            tokenizer: "tokenizer.json".into(),
+            files: vec![
+                FileEntry {
+                    path: "model.onnx".into(),
+                    sha256: "a".repeat(64),
+                    bytes: 1,
+                },
+                FileEntry {
+                    path: "tokenizer.json".into(),
+                    sha256: "b".repeat(64),
+                    bytes: 1,
+                },
+            ],
+            provenance: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let m = sample();
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(Manifest::parse(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_inconsistencies() {
+        let mut m = sample();
+        m.buckets = vec![16, 8, 32];
+        assert!(m.validate().unwrap_err().contains("increasing"));
+        let mut m = sample();
+        m.buckets = vec![8, 16];
+        assert!(m.validate().unwrap_err().contains("max_seq_len"));
+        let mut m = sample();
+        m.files.pop();
+        assert!(m.validate().unwrap_err().contains("tokenizer.json"));
+        let mut m = sample();
+        m.inputs.push("pixel_values".into());
+        assert!(m.validate().unwrap_err().contains("pixel_values"));
+        let mut m = sample();
+        m.files[0].path = "../etc/passwd".into();
+        m.model = m.files[0].path.clone();
+        assert!(m.validate().unwrap_err().contains("plain file name"));
+        let mut m = sample();
+        m.labels.truncate(1);
+        assert!(m.validate().is_err());
+        assert!(Manifest::parse("{not json").is_err());
+    }
+
+    #[test]
+    fn default_bucket_ladder() {
+        assert_eq!(default_buckets(128), vec![16, 32, 64, 128]);
+        assert_eq!(default_buckets(100), vec![16, 32, 64, 100]);
+        assert_eq!(default_buckets(8), vec![8]);
+    }
+
+    #[test]
+    fn sha256_of_known_input() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! A damaged bundle is refused with an error naming the file, never a panic.
+
+use edge_bert::{Bundle, Error};
+
+use crate::util::*;
+
+fn damage(file: &str, f: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, Error) {
+    let tmp = copy_bundle(&tiny_dir());
+    let path = tmp.path().join(file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    f(&mut bytes);
+    std::fs::write(&path, bytes).unwrap();
+    let err = Bundle::load_dir(tmp.path()).unwrap_err();
+    (tmp, err)
+}
+
+#[test]
+fn intact_bundle_loads() {
+    let b = Bundle::load_dir(tiny_dir()).unwrap();
+    assert_eq!(b.manifest.name, "tiny");
+}
+
+#[test]
+fn missing_dir() {
+    let err = Bundle::load_dir("/nonexistent/edge-bert-model").unwrap_err();
+    assert!(matches!(err, Error::MissingModelDir { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/edge-bert-model"));
+}
+
+#[test]
+fn missing_file() {
+    for file in ["model.onnx", "tokenizer.json", "manifest.json"] {
+        let tmp = copy_bundle(&tiny_dir());
+        std::fs::remove_file(tmp.path().join(file)).unwrap();
+        let err = Bundle::load_dir(tmp.path()).unwrap_err();
+        assert!(matches!(err, Error::MissingFile { .. }), "{err}");
+        assert!(err.to_string().contains(file), "{err}");
+    }
+}
+
+#[test]
+fn truncated_file() {
+    let (_tmp, err) = damage("model.onnx", |b| b.truncate(b.len() / 2));
+    assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("model.onnx"), "{err}");
+}
+
+#[test]
+fn corrupted_file() {
+    for file in ["model.onnx", "tokenizer.json"] {
+        let (_tmp, err) = damage(file, |b| {
+            let mid = b.len() / 2;
+            b[mid] ^= 0x55;
+        });
+        assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+        assert!(err.to_string().contains(file), "{err}");
+    }
+}
+
+#[test]
+fn malformed_manifest() {
+    let (_tmp, err) = damage("manifest.json", |b| b.truncate(b.len() / 2));
+    assert!(matches!(err, Error::Manifest { .. }), "{err}");
+    assert!(err.to_string().contains("manifest.json"), "{err}");
+}
+
+#[test]
+fn not_a_model_is_a_model_error() {
+    // Replace the model by garbage and fix up the manifest so it passes the
+    // checksum: tract must then refuse it with an error, not a panic.
+    let tmp = copy_bundle(&tiny_dir());
+    let garbage = b"this is not an onnx file".repeat(10);
+    std::fs::write(tmp.path().join("model.onnx"), &garbage).unwrap();
+    let mpath = tmp.path().join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    for f in m["files"].as_array_mut().unwrap() {
+        if f["path"] == "model.onnx" {
+            f["sha256"] = edge_bert::manifest::sha256_hex(&garbage).into();
+            f["bytes"] = garbage.len().into();
+        }
+    }
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let err = edge_bert::Classifier::from_dir(tmp.path()).unwrap_err();
+    assert!(matches!(err, Error::Model(_)), "{err}");
+}

@@ -1,0 +1,225 @@
+//! The `edge-bert` binary end to end: the embedded default model, the real
+//! fp32 bundle's accuracy, and bad input from the command line and stdin.
+
+use crate::util::*;
+
+fn fp32() -> String {
+    fp32_dir().display().to_string()
+}
+
+fn tiny() -> String {
+    tiny_dir().display().to_string()
+}
+
+#[test]
+fn classify_default_model_gets_clear_sentiment_right() {
+    let o = run(
+        &[
+            "classify",
+            "a gorgeous, moving and beautifully acted film",
+            "a dull, tedious and lifeless mess",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let fields: Vec<Vec<&str>> = lines.iter().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(fields[0][0], "POSITIVE", "{out}");
+    assert_eq!(fields[1][0], "NEGATIVE", "{out}");
+    for f in &fields {
+        let score: f32 = f[1].parse().unwrap();
+        assert!((0.5..=1.0).contains(&score), "{out}");
+    }
+    assert_eq!(fields[1][2], "a dull, tedious and lifeless mess");
+}
+
+#[test]
+fn classify_json_from_stdin_matches_dir_model() {
+    let input = "I loved every minute of it\nworst film of the year\n";
+    let embedded = run(&["classify", "--json"], input.as_bytes());
+    let dir = run(
+        &["classify", "--json", "--model", &fp32()],
+        input.as_bytes(),
+    );
+    assert!(embedded.status.success(), "{}", stderr(&embedded));
+    assert!(dir.status.success(), "{}", stderr(&dir));
+    assert_eq!(stdout(&embedded), stdout(&dir));
+    let objs: Vec<serde_json::Value> = stdout(&dir)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objs.len(), 2);
+    for o in &objs {
+        let scores = o["scores"].as_object().unwrap();
+        let sum: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-4);
+        let label = o["label"].as_str().unwrap();
+        assert_eq!(o["score"], scores[label]);
+        assert_eq!(o["truncated"], false);
+        assert!(o["tokens"].as_u64().unwrap() > 2);
+    }
+    assert_eq!(objs[0]["label"], "POSITIVE");
+    assert_eq!(objs[1]["label"], "NEGATIVE");
+}
+
+#[test]
+fn long_text_is_truncated_and_reported() {
+    let long = "an astonishing film. ".repeat(100);
+    let o = run(&["classify", "--json", "--model", &tiny(), &long], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["truncated"], true);
+    assert_eq!(v["tokens"], 32);
+    assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
+}
+
+#[test]
+fn empty_text_is_an_error() {
+    let o = run(&["classify", "--model", &tiny(), ""], b"");
+    assert_fails(&o, 1, "empty text");
+    // From stdin: the good lines are still answered.
+    let o = run(&["classify", "--model", &tiny()], b"good\n   \nbad\n");
+    assert_fails(&o, 1, "text 2: empty text");
+    assert_eq!(stdout(&o).lines().count(), 2);
+}
+
+#[test]
+fn invalid_utf8_on_stdin_is_an_error() {
+    let o = run(
+        &["classify", "--model", &tiny()],
+        b"fine\n\xff\xfe bad bytes\nalso fine\n",
+    );
+    assert_fails(&o, 1, "line 2 is not valid UTF-8");
+    assert_eq!(stdout(&o).lines().count(), 2);
+}
+
+#[test]
+fn missing_model_dir_is_an_error() {
+    let o = run(&["classify", "--model", "/nonexistent/model", "hi"], b"");
+    assert_fails(&o, 3, "/nonexistent/model");
+    let o = run(&["info", "--model", "/nonexistent/model"], b"");
+    assert_fails(&o, 3, "does not exist");
+}
+
+#[test]
+fn corrupted_bundle_is_an_error() {
+    let tmp = copy_bundle(&tiny_dir());
+    let path = tmp.path().join("model.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let o = run(
+        &["classify", "--model", tmp.path().to_str().unwrap(), "hi"],
+        b"",
+    );
+    assert_fails(&o, 3, "model.onnx is corrupted");
+}
+
+#[test]
+fn bad_buckets_are_a_usage_error() {
+    let o = run(
+        &["classify", "--model", &tiny(), "--buckets", "8,16", "hi"],
+        b"",
+    );
+    assert_fails(&o, 2, "max_seq_len");
+}
+
+#[test]
+fn eval_fp32_reaches_84_percent_on_the_test_split() {
+    let data = fp32_dir().join("test.tsv");
+    let o = run(
+        &[
+            "eval",
+            "--model",
+            &fp32(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let n = v["examples"].as_u64().unwrap();
+    let lines = std::fs::read_to_string(&data).unwrap().lines().count() as u64;
+    assert_eq!(n, lines);
+    let acc = v["accuracy"].as_f64().unwrap();
+    eprintln!("fp32 accuracy on {n} test texts: {acc:.4}");
+    assert!(acc >= 0.84, "accuracy {acc}");
+    assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0);
+    for c in v["per_class"].as_array().unwrap() {
+        assert!(c["precision"].as_f64().unwrap() > 0.5);
+        assert!(c["recall"].as_f64().unwrap() > 0.5);
+    }
+}
+
+#[test]
+fn eval_agreement_with_itself_is_total() {
+    let data = tiny_dir().join("test.tsv");
+    let o = run(
+        &[
+            "eval",
+            "--model",
+            &tiny(),
+            "--reference",
+            &tiny(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["agreement"], 1.0);
+}
+
+#[test]
+fn eval_rejects_malformed_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bad.tsv");
+    std::fs::write(&data, "POSITIVE\tgood\nno tab here\n").unwrap();
+    let o = run(
+        &["eval", "--model", &tiny(), "--data", data.to_str().unwrap()],
+        b"",
+    );
+    assert_fails(&o, 4, "bad.tsv:2: expected LABEL<TAB>text");
+    std::fs::write(&data, b"POSITIVE\t\xff\n").unwrap();
+    let o = run(
+        &["eval", "--model", &tiny(), "--data", data.to_str().unwrap()],
+        b"",
+    );
+    assert_fails(&o, 4, "not valid UTF-8");
+    let o = run(
+        &["eval", "--model", &tiny(), "--data", "/nonexistent.tsv"],
+        b"",
+    );
+    assert_fails(&o, 4, "/nonexistent.tsv");
+}
+
+#[test]
+fn info_describes_the_bundle() {
+    let o = run(&["info", "--model", &tiny(), "--json"], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["manifest"]["name"], "tiny");
+    assert_eq!(v["buckets"], serde_json::json!([8, 16, 32]));
+    assert!(v["parameters"].as_u64().unwrap() > 1000);
+    let mm = v["matmuls"].as_array().unwrap();
+    assert!(!mm.is_empty());
+    assert!(mm.iter().all(|m| m["input_types"][0] == "F32"), "{mm:?}");
+    let o = run(&["info", "--model", &tiny()], b"");
+    assert!(stdout(&o).contains("parameters"));
+}
+
+#[test]
+fn help_has_examples() {
+    let o = run(&["--help"], b"");
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("Examples:"));
+    let o = run(&["classify", "--nope"], b"");
+    assert_eq!(o.status.code(), Some(2));
+}

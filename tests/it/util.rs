@@ -1,0 +1,89 @@
+//! Shared helpers: paths to the committed bundles, the golden reference
+//! files, cached classifiers and a runner for the `edge-bert` binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use edge_bert::Classifier;
+use serde::Deserialize;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn tiny_dir() -> PathBuf {
+    root().join("models/tiny")
+}
+
+pub fn fp32_dir() -> PathBuf {
+    root().join("models/sentiment-fp32")
+}
+
+/// One line of a bundle's `reference.jsonl`.
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub text: String,
+    pub input_ids: Vec<u32>,
+    pub truncated: bool,
+    pub logits: Vec<f32>,
+}
+
+pub fn references(dir: &Path) -> Vec<Reference> {
+    let text = std::fs::read_to_string(dir.join("reference.jsonl")).expect("reference.jsonl");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("reference line"))
+        .collect()
+}
+
+/// A classifier per bundle, loaded once for the whole test binary.
+pub fn classifier(dir: PathBuf) -> &'static Mutex<Classifier> {
+    static TINY: OnceLock<Mutex<Classifier>> = OnceLock::new();
+    static FP32: OnceLock<Mutex<Classifier>> = OnceLock::new();
+    let cell = if dir == tiny_dir() { &TINY } else { &FP32 };
+    cell.get_or_init(|| Mutex::new(Classifier::from_dir(&dir).expect("load bundle")))
+}
+
+/// Copies a bundle into a fresh temporary directory, to damage it.
+pub fn copy_bundle(dir: &Path) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    tmp
+}
+
+/// Runs the `edge-bert` binary with `args`, feeding `stdin`.
+pub fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-bert"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn edge-bert");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a run failed with `code`, no panic, and a message containing `needle`.
+pub fn assert_fails(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+}

@@ -1,0 +1,11 @@
+//! The one integration-test binary: shared helpers in `it/util.rs`, one
+//! module per area. Model tests use the committed bundles under `models/`.
+
+#[path = "it/bundle_errors.rs"]
+mod bundle_errors;
+#[path = "it/cli.rs"]
+mod cli;
+#[path = "it/golden.rs"]
+mod golden;
+#[path = "it/util.rs"]
+mod util;
