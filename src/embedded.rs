@@ -1,5 +1,6 @@
 //! The default model, compiled into the binary with the `embedded-model`
-//! feature (on by default), so `edge-bert classify` needs no flags.
+//! feature (on by default), so `edge-bert classify` needs no flags. It is
+//! the int8 bundle that `edge-bert-quantize` makes from the fp32 one.
 
 #[cfg(feature = "embedded-model")]
 mod inner {
@@ -7,11 +8,11 @@ mod inner {
     use crate::error::Result;
 
     /// Directory (relative to the crate root) of the bundle that is embedded.
-    pub const DIR: &str = "models/sentiment-fp32";
+    pub const DIR: &str = "models/sentiment-int8";
 
-    static MANIFEST: &str = include_str!("../models/sentiment-fp32/manifest.json");
-    static MODEL: &[u8] = include_bytes!("../models/sentiment-fp32/model.onnx");
-    static TOKENIZER: &[u8] = include_bytes!("../models/sentiment-fp32/tokenizer.json");
+    static MANIFEST: &str = include_str!("../models/sentiment-int8/manifest.json");
+    static MODEL: &[u8] = include_bytes!("../models/sentiment-int8/model.onnx");
+    static TOKENIZER: &[u8] = include_bytes!("../models/sentiment-int8/tokenizer.json");
 
     pub fn bundle() -> Option<Result<Bundle>> {
         Some(Bundle::from_static(MANIFEST, MODEL, TOKENIZER))

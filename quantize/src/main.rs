@@ -1,11 +1,657 @@
-//! `edge-bert-quantize`: the host-side int8 quantiser (issue 3, not built yet).
+//! `edge-bert-quantize`: turn an fp32 ONNX BERT classifier bundle into an
+//! int8 bundle that the `edge-bert` runtime loads, and report what it cost.
 //!
-//! This binary only reports that it is not implemented yet; it exists so the
-//! workspace layout is in place.
+//! Exit codes: 0 ok; 1 quantisation failed or missed `--max-accuracy-drop`;
+//! 2 usage; 3 the input bundle or model is unusable; 4 a data file is bad;
+//! 5 the output cannot be written.
+//!
+//! The maths and the graph rewrite live in the library (`src/lib.rs`); this
+//! file is the command line, calibration, evaluation and bundle writing.
 
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use edge_bert::bundle::{Bundle, Source};
+use edge_bert::eval::{parse_tsv, Example};
+use edge_bert::manifest::{sha256_hex, FileEntry, Manifest};
+use edge_bert::tokenize::TextTokenizer;
+use edge_bert::Classifier;
+use serde_json::json;
+
+use edge_bert_quantize::graph::{self, ActRange, RewriteOptions};
+use edge_bert_quantize::{probe, qmath};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Activations quantised per request (DynamicQuantizeLinear).
+    Dynamic,
+    /// Activation scales calibrated here and baked in (QuantizeLinear).
+    Static,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CalibrationMethod {
+    Minmax,
+    Percentile,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "edge-bert-quantize",
+    version,
+    about = "Quantise an fp32 ONNX BERT classifier bundle to an int8 bundle for edge-bert",
+    after_help = "Examples:\n  \
+        edge-bert-quantize --input models/sentiment-fp32 --output models/sentiment-int8\n  \
+        edge-bert-quantize --input models/sentiment-fp32 --output /tmp/int8 \\\n      \
+            --eval models/sentiment-fp32/test.tsv --max-accuracy-drop 0.5 --report report.json\n  \
+        edge-bert-quantize --input models/sentiment-fp32 --output /tmp/static --mode static\n\n\
+        With no options the output is the shipped default bundle (dynamic, per-channel,\n\
+        int8 embeddings); the same input and options always give byte-identical output.\n\
+        Exit codes: 0 ok, 1 failed or accuracy bound missed, 2 usage, 3 bad input model,\n\
+        4 bad data file, 5 output not writable."
+)]
+struct Cli {
+    /// The fp32 bundle directory (manifest.json, model.onnx, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    input: PathBuf,
+    /// Where to write the int8 bundle (must not exist, unless --force).
+    #[arg(long, value_name = "DIR")]
+    output: PathBuf,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
+    /// Activation quantisation.
+    #[arg(long, value_enum, default_value_t = Mode::Dynamic)]
+    mode: Mode,
+    /// Per-channel weight scales (the default).
+    #[arg(long, overrides_with = "per_tensor")]
+    per_channel: bool,
+    /// One scale per weight tensor instead of per channel.
+    #[arg(long)]
+    per_tensor: bool,
+    /// Keep embedding tables in fp32.
+    #[arg(long)]
+    no_int8_embeddings: bool,
+    /// Calibration texts (LABEL<TAB>text); default: the input's calibration.tsv.
+    #[arg(long, value_name = "FILE.tsv")]
+    calibration: Option<PathBuf>,
+    /// How static mode picks activation ranges.
+    #[arg(long, value_enum, default_value_t = CalibrationMethod::Minmax)]
+    calibration_method: CalibrationMethod,
+    /// Percentile of |x| for --calibration-method percentile.
+    #[arg(long, default_value_t = 99.99)]
+    percentile: f64,
+    /// Labelled texts to measure fp32 and int8 accuracy and agreement on.
+    #[arg(long, value_name = "FILE.tsv")]
+    eval: Option<PathBuf>,
+    /// With --eval: keep the worst layers in fp32 until the drop is within PTS points.
+    #[arg(long, value_name = "PTS", requires = "eval")]
+    max_accuracy_drop: Option<f64>,
+    /// Keep this MatMul/Gemm node in fp32 (exact node name or a substring); repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Name recorded in the output manifest (default: the input's, with fp32 -> int8).
+    #[arg(long)]
+    name: Option<String>,
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+struct Failure(u8, String);
+
+fn fail<E: std::fmt::Display>(code: u8) -> impl Fn(E) -> Failure {
+    move |e| Failure(code, e.to_string())
+}
 
 fn main() -> ExitCode {
-    eprintln!("edge-bert-quantize: not implemented yet (see issue 3)");
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("edge-bert-quantize: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn read_examples(path: &Path, labels: &[String]) -> Result<Vec<Example>, Failure> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure(4, format!("cannot read {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Failure(4, format!("{} is not valid UTF-8", path.display())))?;
+    parse_tsv(&text, labels).map_err(|(line, reason)| {
+        if line == 0 {
+            Failure(4, format!("{}: {reason}", path.display()))
+        } else {
+            Failure(4, format!("{}:{line}: {reason}", path.display()))
+        }
+    })
+}
+
+fn bar(len: usize, what: &str) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(len as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what:<12} [{{bar:30}}] {{pos}}/{{len}} eta {{eta}}"
+        ))
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    b
+}
+
+/// Predictions and logits of a bundle on examples.
+struct Outcome {
+    predicted: Vec<usize>,
+    logits: Vec<Vec<f32>>,
+}
+
+fn evaluate(bundle: &Bundle, examples: &[Example], what: &str) -> Result<Outcome, Failure> {
+    let mut clf = Classifier::new(bundle, None).map_err(fail(1))?;
+    let b = bar(examples.len(), what);
+    let mut out = Outcome {
+        predicted: Vec::new(),
+        logits: Vec::new(),
+    };
+    for ex in examples {
+        let c = clf.classify(&ex.text).map_err(fail(1))?;
+        let idx = bundle
+            .manifest
+            .labels
+            .iter()
+            .position(|l| *l == c.label)
+            .unwrap_or(0);
+        out.predicted.push(idx);
+        out.logits.push(c.logits);
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    Ok(out)
+}
+
+fn accuracy(o: &Outcome, examples: &[Example]) -> f64 {
+    let ok = o
+        .predicted
+        .iter()
+        .zip(examples)
+        .filter(|(p, e)| **p == e.label)
+        .count();
+    100.0 * ok as f64 / examples.len() as f64
+}
+
+/// Activation ranges of every candidate's input, over the calibration texts.
+fn calibrate(
+    bundle: &Bundle,
+    tok: &TextTokenizer,
+    cands: &[graph::Candidate],
+    texts: &[Example],
+    method: CalibrationMethod,
+    percentile: f64,
+) -> Result<HashMap<String, ActRange>, Failure> {
+    let inputs: Vec<String> = cands.iter().map(|c| c.input.clone()).collect();
+    let mut unique = inputs.clone();
+    unique.sort();
+    unique.dedup();
+    let probe = probe::Probe::new(&bundle.model_bytes, &unique)
+        .map_err(|e| Failure(3, format!("{e:?}")))?;
+    let mut mins = vec![f32::INFINITY; unique.len()];
+    let mut maxs = vec![f32::NEG_INFINITY; unique.len()];
+    let mut samples: Vec<Vec<f32>> = vec![Vec::new(); unique.len()];
+    let b = bar(texts.len(), "calibration");
+    for ex in texts {
+        let ids = probe::encode(tok, &ex.text).map_err(fail(1))?;
+        let outs = probe.run(&ids).map_err(|e| Failure(1, format!("{e:?}")))?;
+        for (i, o) in outs.iter().enumerate() {
+            for &v in o {
+                mins[i] = mins[i].min(v);
+                maxs[i] = maxs[i].max(v);
+            }
+            if method == CalibrationMethod::Percentile {
+                samples[i].extend_from_slice(o);
+            }
+        }
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    let mut ranges = HashMap::new();
+    for c in cands {
+        let i = unique.binary_search(&c.input).expect("present");
+        let (lo, hi) = match method {
+            CalibrationMethod::Minmax => (mins[i], maxs[i]),
+            CalibrationMethod::Percentile => {
+                let a = qmath::abs_percentile(&samples[i], percentile);
+                (mins[i].max(-a), maxs[i].min(a))
+            }
+        };
+        let (scale, zero_point) = qmath::asymmetric_u8_params(lo, hi);
+        ranges.insert(c.node.clone(), ActRange { scale, zero_point });
+    }
+    Ok(ranges)
+}
+
+/// SQNR (dB) of each quantised matmul's output, int8 against fp32.
+fn layer_errors(
+    fp32: &[u8],
+    int8: &[u8],
+    tok: &TextTokenizer,
+    cands: &[graph::Candidate],
+    texts: &[Example],
+) -> Result<Vec<(String, f64)>, Failure> {
+    let names: Vec<String> = cands.iter().map(|c| c.output.clone()).collect();
+    let a = probe::Probe::new(fp32, &names).map_err(|e| Failure(3, format!("{e:?}")))?;
+    let b = probe::Probe::new(int8, &names).map_err(|e| Failure(1, format!("{e:?}")))?;
+    let mut signal = vec![0f64; names.len()];
+    let mut noise = vec![0f64; names.len()];
+    let pb = bar(texts.len(), "layer error");
+    for ex in texts {
+        let ids = probe::encode(tok, &ex.text).map_err(fail(1))?;
+        let oa = a.run(&ids).map_err(|e| Failure(1, format!("{e:?}")))?;
+        let ob = b.run(&ids).map_err(|e| Failure(1, format!("{e:?}")))?;
+        for i in 0..names.len() {
+            for (&x, &y) in oa[i].iter().zip(&ob[i]) {
+                signal[i] += (x as f64).powi(2);
+                noise[i] += (x as f64 - y as f64).powi(2);
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(cands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let db = if noise[i] == 0.0 {
+                f64::INFINITY
+            } else {
+                10.0 * (signal[i] / noise[i]).log10()
+            };
+            (c.node.clone(), db)
+        })
+        .collect())
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    let started = Instant::now();
+    let input = Bundle::load_dir(&cli.input).map_err(fail(3))?;
+    let labels = input.manifest.labels.clone();
+
+    // The output must not be (or contain) the input.
+    let in_canon = std::fs::canonicalize(&cli.input).map_err(fail(3))?;
+    let out_parent = match cli.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent_canon = std::fs::canonicalize(&out_parent).map_err(|e| {
+        Failure(
+            5,
+            format!("output parent {} is not usable: {e}", out_parent.display()),
+        )
+    })?;
+    let out_name = cli.output.file_name().ok_or_else(|| {
+        Failure(
+            2,
+            format!("--output {} has no directory name", cli.output.display()),
+        )
+    })?;
+    let out_canon = parent_canon.join(out_name);
+    if out_canon == in_canon || in_canon.starts_with(&out_canon) {
+        return Err(Failure(
+            2,
+            format!(
+                "--output {} would overwrite the input bundle",
+                cli.output.display()
+            ),
+        ));
+    }
+    if out_canon.exists() && !cli.force {
+        return Err(Failure(
+            5,
+            format!(
+                "--output {} exists (use --force to replace it)",
+                cli.output.display()
+            ),
+        ));
+    }
+
+    let tok = TextTokenizer::from_bytes(&input.tokenizer_bytes, input.manifest.max_seq_len)
+        .map_err(fail(3))?;
+    let mut model = graph::decode(&input.model_bytes).map_err(fail(3))?;
+    let cands = graph::candidates(&model).map_err(fail(3))?;
+
+    let mut exclude: HashSet<String> = HashSet::new();
+    for pat in &cli.exclude {
+        let hits: Vec<&graph::Candidate> = cands
+            .iter()
+            .filter(|c| c.node == *pat || c.node.contains(pat.as_str()))
+            .collect();
+        if hits.is_empty() {
+            return Err(Failure(
+                2,
+                format!("--exclude {pat:?} matches no MatMul/Gemm node"),
+            ));
+        }
+        exclude.extend(hits.iter().map(|c| c.node.clone()));
+    }
+
+    let calibration_path = cli.calibration.clone().or_else(|| {
+        let p = cli.input.join("calibration.tsv");
+        p.exists().then_some(p)
+    });
+    let calibration = match &calibration_path {
+        Some(p) => Some(read_examples(p, &labels)?),
+        None => None,
+    };
+    let act_ranges = match cli.mode {
+        Mode::Dynamic => HashMap::new(),
+        Mode::Static => {
+            let texts = calibration.as_ref().ok_or_else(|| {
+                Failure(
+                    2,
+                    "--mode static needs --calibration FILE.tsv (or calibration.tsv in the input)"
+                        .into(),
+                )
+            })?;
+            calibrate(
+                &input,
+                &tok,
+                &cands,
+                texts,
+                cli.calibration_method,
+                cli.percentile,
+            )?
+        }
+    };
+    let per_channel = !cli.per_tensor;
+    let mut opts = RewriteOptions {
+        per_channel,
+        embedding_min_values: if cli.no_int8_embeddings { 0 } else { 65_536 },
+        exclude,
+        act_ranges,
+    };
+    let base_model = model.clone();
+    let summary = graph::rewrite(&mut model, &opts).map_err(fail(3))?;
+    let mut int8_bytes = graph::encode(&model);
+
+    // The output manifest and bundle, in memory first.
+    // The name comes from the input, not the output path, so that the same
+    // input and options give byte-identical bundles wherever they are written.
+    let name = cli
+        .name
+        .clone()
+        .unwrap_or_else(|| int8_name(&input.manifest.name));
+    let make_bundle = |bytes: &[u8],
+                       summary: &graph::RewriteSummary,
+                       opts: &RewriteOptions|
+     -> (Bundle, Vec<u8>) {
+        let record = json!({
+            "tool": "edge-bert-quantize",
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": format!("{:?}", cli.mode).to_lowercase(),
+            "per_channel": opts.per_channel,
+            "int8_embeddings": opts.embedding_min_values > 0,
+            "calibration_method": (cli.mode == Mode::Static).then(|| format!("{:?}", cli.calibration_method).to_lowercase()),
+            "calibration_sha256": calibration_path.as_ref().filter(|_| cli.mode == Mode::Static)
+                .and_then(|p| std::fs::read(p).ok()).map(|b| sha256_hex(&b)),
+            "source": {
+                "name": input.manifest.name,
+                "manifest_sha256": sha256_hex(&std::fs::read(cli.input.join("manifest.json")).unwrap_or_default()),
+                "model_sha256": sha256_hex(&input.model_bytes),
+            },
+            "quantized": summary.quantized.iter().map(|c| &c.node).collect::<Vec<_>>(),
+            "kept_fp32": summary.kept_fp32.iter().map(|c| &c.node).collect::<Vec<_>>(),
+            "int8_embeddings_tables": summary.embeddings.iter().map(|e| &e.0).collect::<Vec<_>>(),
+        });
+        let record_bytes =
+            format!("{}\n", serde_json::to_string_pretty(&record).expect("json")).into_bytes();
+        let mut files = vec![
+            FileEntry {
+                path: "model.onnx".into(),
+                sha256: sha256_hex(bytes),
+                bytes: bytes.len() as u64,
+            },
+            FileEntry {
+                path: "quantization.json".into(),
+                sha256: sha256_hex(&record_bytes),
+                bytes: record_bytes.len() as u64,
+            },
+            FileEntry {
+                path: "tokenizer.json".into(),
+                sha256: sha256_hex(&input.tokenizer_bytes),
+                bytes: input.tokenizer_bytes.len() as u64,
+            },
+        ];
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let manifest = Manifest {
+            name: name.clone(),
+            precision: "int8".into(),
+            model: "model.onnx".into(),
+            tokenizer: "tokenizer.json".into(),
+            files,
+            provenance: json!({
+                "derived_from": input.manifest.name,
+                "quantization": "see quantization.json",
+                "source_provenance": input.manifest.provenance,
+            }),
+            ..input.manifest.clone()
+        };
+        let bundle = Bundle {
+            manifest,
+            source: Source::Dir(cli.output.clone()),
+            model_bytes: bytes.to_vec().into(),
+            tokenizer_bytes: input.tokenizer_bytes.clone(),
+        };
+        (bundle, record_bytes)
+    };
+    let (mut out_bundle, mut record_bytes) = make_bundle(&int8_bytes, &summary, &opts);
+    let mut summary = summary;
+
+    // Per-layer error on the calibration texts.
+    let layer_texts: Option<&[Example]> = calibration.as_deref().map(|c| &c[..c.len().min(200)]);
+    let mut layers = match layer_texts {
+        Some(t) => layer_errors(&input.model_bytes, &int8_bytes, &tok, &summary.quantized, t)?,
+        None => Vec::new(),
+    };
+
+    // Accuracy, and the search for layers to keep in fp32.
+    let mut eval_report = serde_json::Value::Null;
+    if let Some(eval_path) = &cli.eval {
+        let examples = read_examples(eval_path, &labels)?;
+        let fp32 = evaluate(&input, &examples, "eval fp32")?;
+        let acc32 = accuracy(&fp32, &examples);
+        let mut int8 = evaluate(&out_bundle, &examples, "eval int8")?;
+        let mut acc8 = accuracy(&int8, &examples);
+        if let Some(bound) = cli.max_accuracy_drop {
+            let mut ranked = layers.clone();
+            ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let mut next = 0;
+            while acc32 - acc8 > bound && next < ranked.len() {
+                opts.exclude.insert(ranked[next].0.clone());
+                next += 1;
+                eprintln!(
+                    "accuracy drop {:.2} > {bound} points: keeping {} in fp32",
+                    acc32 - acc8,
+                    ranked[next - 1].0
+                );
+                let mut m = base_model.clone();
+                summary = graph::rewrite(&mut m, &opts).map_err(fail(1))?;
+                int8_bytes = graph::encode(&m);
+                (out_bundle, record_bytes) = make_bundle(&int8_bytes, &summary, &opts);
+                int8 = evaluate(&out_bundle, &examples, "eval int8")?;
+                acc8 = accuracy(&int8, &examples);
+            }
+            if acc32 - acc8 > bound {
+                return Err(Failure(
+                    1,
+                    format!(
+                        "accuracy drop {:.2} points exceeds {bound} even with every layer in fp32",
+                        acc32 - acc8
+                    ),
+                ));
+            }
+            layers.retain(|(n, _)| !opts.exclude.contains(n));
+        }
+        let agree = fp32
+            .predicted
+            .iter()
+            .zip(&int8.predicted)
+            .filter(|(a, b)| a == b)
+            .count();
+        let mut max_diff = 0f32;
+        let mut sum_diff = 0f64;
+        let mut count = 0usize;
+        for (a, b) in fp32.logits.iter().zip(&int8.logits) {
+            for (x, y) in a.iter().zip(b) {
+                max_diff = max_diff.max((x - y).abs());
+                sum_diff += (x - y).abs() as f64;
+                count += 1;
+            }
+        }
+        eval_report = json!({
+            "data": eval_path.display().to_string(),
+            "examples": examples.len(),
+            "fp32_accuracy": acc32,
+            "int8_accuracy": acc8,
+            "accuracy_drop": acc32 - acc8,
+            "agreement": 100.0 * agree as f64 / examples.len() as f64,
+            "max_logit_diff": max_diff,
+            "mean_logit_diff": sum_diff / count.max(1) as f64,
+        });
+    }
+
+    // Write to a temporary sibling directory, then rename into place.
+    let tmp = parent_canon.join(format!(
+        ".{}.tmp-{}",
+        out_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir(&tmp)?;
+        std::fs::write(tmp.join("model.onnx"), &int8_bytes)?;
+        std::fs::write(tmp.join("tokenizer.json"), &*input.tokenizer_bytes)?;
+        std::fs::write(tmp.join("quantization.json"), &record_bytes)?;
+        let m = format!(
+            "{}\n",
+            serde_json::to_string_pretty(&out_bundle.manifest).expect("json")
+        );
+        std::fs::write(tmp.join("manifest.json"), m)?;
+        if out_canon.exists() {
+            std::fs::remove_dir_all(&out_canon)?;
+        }
+        std::fs::rename(&tmp, &out_canon)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Failure(5, format!("writing {}: {e}", cli.output.display())));
+    }
+    // Check what was written loads like any other bundle.
+    Bundle::load_dir(&out_canon).map_err(fail(1))?;
+
+    let size = |b: &Bundle| -> u64 {
+        [&b.manifest.model, &b.manifest.tokenizer]
+            .iter()
+            .filter_map(|f| b.manifest.file(f))
+            .map(|f| f.bytes)
+            .sum()
+    };
+    let (s32, s8) = (size(&input), size(&out_bundle));
+    let report = json!({
+        "input": cli.input.display().to_string(),
+        "output": cli.output.display().to_string(),
+        "mode": format!("{:?}", cli.mode).to_lowercase(),
+        "per_channel": per_channel,
+        "sizes": {
+            "fp32_model_bytes": input.model_bytes.len(),
+            "int8_model_bytes": int8_bytes.len(),
+            "fp32_bundle_bytes": s32,
+            "int8_bundle_bytes": s8,
+            "ratio": s8 as f64 / s32 as f64,
+        },
+        "quantized_matmuls": summary.quantized.len(),
+        "kept_fp32": summary.kept_fp32.iter().map(|c| &c.node).collect::<Vec<_>>(),
+        "int8_embeddings": summary.embeddings.iter().map(|e| json!({"node": e.0, "rows": e.1, "dim": e.2})).collect::<Vec<_>>(),
+        "eval": eval_report,
+        "layer_sqnr_db": layers.iter().map(|(n, db)| json!({"node": n, "sqnr_db": if db.is_finite() { json!(db) } else { json!("inf") }})).collect::<Vec<_>>(),
+        "layer_error_texts": layer_texts.map_or(0, |t| t.len()),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    print_report(&report, &layers);
+    if let Some(p) = &cli.report {
+        std::fs::write(
+            p,
+            format!("{}\n", serde_json::to_string_pretty(&report).expect("json")),
+        )
+        .map_err(|e| Failure(5, format!("writing {}: {e}", p.display())))?;
+    }
+    Ok(())
+}
+
+/// `sentiment-fp32` -> `sentiment-int8`; otherwise `NAME-int8`.
+fn int8_name(fp32: &str) -> String {
+    if fp32.contains("fp32") {
+        fp32.replace("fp32", "int8")
+    } else {
+        format!("{fp32}-int8")
+    }
+}
+
+fn print_report(r: &serde_json::Value, layers: &[(String, f64)]) {
+    let s = &r["sizes"];
+    println!(
+        "wrote {} ({} mode, per-channel {})",
+        r["output"].as_str().unwrap_or(""),
+        r["mode"].as_str().unwrap_or(""),
+        r["per_channel"]
+    );
+    println!(
+        "size       fp32 {} bytes -> int8 {} bytes ({:.1}% of fp32)",
+        s["fp32_bundle_bytes"],
+        s["int8_bundle_bytes"],
+        100.0 * s["ratio"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "matmuls    {} quantised, kept in fp32: {}",
+        r["quantized_matmuls"], r["kept_fp32"]
+    );
+    println!(
+        "embeddings {} int8 tables",
+        r["int8_embeddings"].as_array().map_or(0, |a| a.len())
+    );
+    let e = &r["eval"];
+    if !e.is_null() {
+        println!(
+            "accuracy   fp32 {:.2}%  int8 {:.2}%  (drop {:.2} points) on {} texts",
+            e["fp32_accuracy"].as_f64().unwrap_or(0.0),
+            e["int8_accuracy"].as_f64().unwrap_or(0.0),
+            e["accuracy_drop"].as_f64().unwrap_or(0.0),
+            e["examples"]
+        );
+        println!(
+            "agreement  {:.2}%   logit diff max {:.4} mean {:.4}",
+            e["agreement"].as_f64().unwrap_or(0.0),
+            e["max_logit_diff"].as_f64().unwrap_or(0.0),
+            e["mean_logit_diff"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if !layers.is_empty() {
+        println!(
+            "per-layer SQNR of int8 vs fp32 output ({} calibration texts), worst first:",
+            r["layer_error_texts"]
+        );
+        let mut sorted = layers.to_vec();
+        sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+        for (n, db) in sorted {
+            println!("  {db:>7.2} dB  {n}");
+        }
+    }
+    println!("time       {:.1} s", r["seconds"].as_f64().unwrap_or(0.0));
 }

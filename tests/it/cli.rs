@@ -36,13 +36,11 @@ fn classify_default_model_gets_clear_sentiment_right() {
 }
 
 #[test]
-fn classify_json_from_stdin_matches_dir_model() {
+fn classify_json_from_stdin_matches_the_int8_bundle_dir() {
     let input = "I loved every minute of it\nworst film of the year\n";
     let embedded = run(&["classify", "--json"], input.as_bytes());
-    let dir = run(
-        &["classify", "--json", "--model", &fp32()],
-        input.as_bytes(),
-    );
+    let int8 = root().join("models/sentiment-int8").display().to_string();
+    let dir = run(&["classify", "--json", "--model", &int8], input.as_bytes());
     assert!(embedded.status.success(), "{}", stderr(&embedded));
     assert!(dir.status.success(), "{}", stderr(&dir));
     assert_eq!(stdout(&embedded), stdout(&dir));
@@ -198,6 +196,18 @@ fn eval_rejects_malformed_data() {
         b"",
     );
     assert_fails(&o, 4, "/nonexistent.tsv");
+}
+
+#[test]
+fn embedded_default_is_the_int8_bundle() {
+    let o = run(&["info", "--json"], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["source"], "<embedded>");
+    assert_eq!(v["manifest"]["name"], "sentiment-int8");
+    let mm = v["matmuls"].as_array().unwrap();
+    let int8 = mm.iter().filter(|m| m["input_types"][1] == "I8").count();
+    assert!(int8 >= 38, "only {int8} int8 matmuls: {mm:?}");
 }
 
 #[test]
