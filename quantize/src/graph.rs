@@ -418,12 +418,166 @@ pub fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::pb::{OperatorSetIdProto, ValueInfoProto};
+    use tract_onnx::prelude::*;
+
+    fn value(name: &str) -> ValueInfoProto {
+        use tract_onnx::pb::{type_proto, TypeProto};
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: DataType::Float as i32,
+                    shape: None,
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// y = Gemm(MatMul(x, W1), W2ᵀ, b): one of each form the rewrite handles.
+    fn toy_model(w1: &[f32], w2: &[f32], b: &[f32]) -> ModelProto {
+        let mut gemm = node("Gemm", "gemm".into(), &["h", "w2", "b"], &["y"]);
+        gemm.attribute.push(AttributeProto {
+            name: "transB".into(),
+            r#type: AttributeType::Int as i32,
+            i: 1,
+            ..Default::default()
+        });
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(tract_onnx::pb::GraphProto {
+                name: "toy".into(),
+                node: vec![node("MatMul", "mm".into(), &["x", "w1"], &["h"]), gemm],
+                initializer: vec![
+                    tensor_f32("w1", &[4, 6], w1),
+                    tensor_f32("w2", &[3, 6], w2),
+                    tensor_f32("b", &[3], b),
+                ],
+                input: vec![value("x")],
+                output: vec![value("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn run(model: &ModelProto, x: &[f32]) -> Vec<f32> {
+        let bytes = encode(model);
+        let m = tract_onnx::onnx()
+            .model_for_read(&mut &*bytes)
+            .unwrap()
+            .with_input_fact(0, f32::fact([2, 4]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let out = m
+            .run(tvec![Tensor::from_shape(&[2, 4], x).unwrap().into_tvalue()])
+            .unwrap();
+        let view = out[0].try_as_plain_ram().unwrap();
+        view.as_slice::<f32>().unwrap().to_vec()
+    }
+
+    fn wave(n: usize, k: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 + 1.0) * k).sin()).collect()
+    }
 
     #[test]
-    fn rejects_non_onnx() {
+    fn rewritten_graph_computes_the_same_function() {
+        let (w1, w2, b) = (wave(24, 0.7), wave(18, 1.3), wave(3, 0.4));
+        let x = wave(8, 2.1);
+        let fp32 = toy_model(&w1, &w2, &b);
+        let exact = run(&fp32, &x);
+        for per_channel in [true, false] {
+            for act in [false, true] {
+                let mut q = fp32.clone();
+                let mut opts = RewriteOptions {
+                    per_channel,
+                    ..Default::default()
+                };
+                if act {
+                    // Static ranges covering x and h.
+                    for n in ["mm", "gemm"] {
+                        let (scale, zero_point) = crate::qmath::asymmetric_u8_params(-4.0, 4.0);
+                        opts.act_ranges
+                            .insert(n.into(), ActRange { scale, zero_point });
+                    }
+                }
+                let s = rewrite(&mut q, &opts).unwrap();
+                assert_eq!(s.quantized.len(), 2);
+                let ops: Vec<&str> = q
+                    .graph
+                    .as_ref()
+                    .unwrap()
+                    .node
+                    .iter()
+                    .map(|n| n.op_type.as_str())
+                    .collect();
+                assert_eq!(
+                    ops.iter().filter(|o| **o == "MatMulInteger").count(),
+                    2,
+                    "{ops:?}"
+                );
+                assert!(
+                    !ops.contains(&"MatMul") && !ops.contains(&"Gemm"),
+                    "{ops:?}"
+                );
+                let approx = run(&q, &x);
+                let db = crate::qmath::sqnr_db(&exact, &approx);
+                assert!(
+                    db > 25.0,
+                    "per_channel {per_channel} static {act}: {db} dB {exact:?} {approx:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exclude_and_nothing_to_quantize() {
+        let (w1, w2, b) = (wave(24, 0.7), wave(18, 1.3), wave(3, 0.4));
+        let mut q = toy_model(&w1, &w2, &b);
+        let opts = RewriteOptions {
+            exclude: ["gemm".to_string()].into(),
+            per_channel: true,
+            ..Default::default()
+        };
+        let s = rewrite(&mut q, &opts).unwrap();
+        assert_eq!(s.quantized.len(), 1);
+        assert_eq!(s.kept_fp32[0].node, "gemm");
+        // Both operands are graph inputs: nothing has a constant weight.
+        let mut m = toy_model(&w1, &w2, &b);
+        let g = m.graph.as_mut().unwrap();
+        g.initializer.clear();
+        assert!(matches!(candidates(&m), Err(GraphError::NothingToQuantize)));
+    }
+
+    #[test]
+    fn refuses_bad_models_naming_the_node() {
         assert!(matches!(
             decode(b"definitely not protobuf \xff\xff"),
             Err(GraphError::NotOnnx(_))
         ));
+        let (w1, w2, b) = (wave(24, 0.7), wave(18, 1.3), wave(3, 0.4));
+        let mut m = toy_model(&w1, &w2, &b);
+        m.opset_import[0].version = 9;
+        assert!(matches!(decode(&encode(&m)), Err(GraphError::Opset(9))));
+        let mut m = toy_model(&w1, &w2, &b);
+        m.graph.as_mut().unwrap().node[1]
+            .attribute
+            .push(AttributeProto {
+                name: "alpha".into(),
+                r#type: AttributeType::Float as i32,
+                f: 2.0,
+                ..Default::default()
+            });
+        let e = candidates(&m).unwrap_err().to_string();
+        assert!(e.contains("\"gemm\"") && e.contains("alpha"), "{e}");
     }
 }

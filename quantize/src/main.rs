@@ -88,7 +88,12 @@ struct Cli {
     #[arg(long, value_name = "FILE.tsv")]
     eval: Option<PathBuf>,
     /// With --eval: keep the worst layers in fp32 until the drop is within PTS points.
-    #[arg(long, value_name = "PTS", requires = "eval")]
+    #[arg(
+        long,
+        value_name = "PTS",
+        requires = "eval",
+        allow_hyphen_values = true
+    )]
     max_accuracy_drop: Option<f64>,
     /// Keep this MatMul/Gemm node in fp32 (exact node name or a substring); repeatable.
     #[arg(long, value_name = "PATTERN")]
@@ -452,8 +457,16 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let (mut out_bundle, mut record_bytes) = make_bundle(&int8_bytes, &summary, &opts);
     let mut summary = summary;
 
-    // Per-layer error on the calibration texts.
-    let layer_texts: Option<&[Example]> = calibration.as_deref().map(|c| &c[..c.len().min(200)]);
+    // Per-layer error on (up to 200 of) the calibration texts, or the eval
+    // texts when there is no calibration file.
+    let eval_examples = match &cli.eval {
+        Some(p) => Some(read_examples(p, &labels)?),
+        None => None,
+    };
+    let layer_texts: Option<&[Example]> = calibration
+        .as_deref()
+        .or(eval_examples.as_deref())
+        .map(|c| &c[..c.len().min(200)]);
     let mut layers = match layer_texts {
         Some(t) => layer_errors(&input.model_bytes, &int8_bytes, &tok, &summary.quantized, t)?,
         None => Vec::new(),
@@ -461,8 +474,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
 
     // Accuracy, and the search for layers to keep in fp32.
     let mut eval_report = serde_json::Value::Null;
-    if let Some(eval_path) = &cli.eval {
-        let examples = read_examples(eval_path, &labels)?;
+    if let (Some(eval_path), Some(examples)) = (&cli.eval, eval_examples.as_deref()) {
         let fp32 = evaluate(&input, &examples, "eval fp32")?;
         let acc32 = accuracy(&fp32, &examples);
         let mut int8 = evaluate(&out_bundle, &examples, "eval int8")?;

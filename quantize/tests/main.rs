@@ -344,3 +344,42 @@ fn real_model_meets_size_and_accuracy_figures() {
     );
     assert!(e["agreement"].as_f64().unwrap() >= 98.0, "{e}");
 }
+
+/// The exclusion search keeps layers in fp32, worst SQNR first, until the
+/// bound holds; an impossible bound (int8 one point *better* than fp32)
+/// walks every layer and then fails cleanly.
+#[test]
+fn accuracy_bound_search_walks_layers_worst_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let test = format!("{}/test.tsv", models("tiny"));
+    let o = quantize(&[
+        "--input",
+        &models("tiny"),
+        "--output",
+        out.to_str().unwrap(),
+        "--eval",
+        &test,
+        "--max-accuracy-drop",
+        "-1",
+    ]);
+    assert_fails(&o, 1, "even with every layer in fp32");
+    assert_eq!(stderr(&o).matches("keeping ").count(), 14, "{}", stderr(&o));
+    assert!(!out.exists());
+    // A bound that holds at once keeps nothing in fp32.
+    let rep = tmp.path().join("r.json");
+    let o = quantize(&[
+        "--input",
+        &models("tiny"),
+        "--output",
+        out.to_str().unwrap(),
+        "--eval",
+        &test,
+        "--max-accuracy-drop",
+        "100",
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(report(&rep)["kept_fp32"], serde_json::json!([]));
+}
