@@ -475,10 +475,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     // Accuracy, and the search for layers to keep in fp32.
     let mut eval_report = serde_json::Value::Null;
     if let (Some(eval_path), Some(examples)) = (&cli.eval, eval_examples.as_deref()) {
-        let fp32 = evaluate(&input, &examples, "eval fp32")?;
-        let acc32 = accuracy(&fp32, &examples);
-        let mut int8 = evaluate(&out_bundle, &examples, "eval int8")?;
-        let mut acc8 = accuracy(&int8, &examples);
+        let fp32 = evaluate(&input, examples, "eval fp32")?;
+        let acc32 = accuracy(&fp32, examples);
+        let mut int8 = evaluate(&out_bundle, examples, "eval int8")?;
+        let mut acc8 = accuracy(&int8, examples);
         if let Some(bound) = cli.max_accuracy_drop {
             let mut ranked = layers.clone();
             ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -495,8 +495,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 summary = graph::rewrite(&mut m, &opts).map_err(fail(1))?;
                 int8_bytes = graph::encode(&m);
                 (out_bundle, record_bytes) = make_bundle(&int8_bytes, &summary, &opts);
-                int8 = evaluate(&out_bundle, &examples, "eval int8")?;
-                acc8 = accuracy(&int8, &examples);
+                int8 = evaluate(&out_bundle, examples, "eval int8")?;
+                acc8 = accuracy(&int8, examples);
             }
             if acc32 - acc8 > bound {
                 return Err(Failure(
