@@ -188,6 +188,15 @@ fn cast_to_float(name: String, input: &str, output: &str) -> NodeProto {
     n
 }
 
+/// The op type of every node, in graph order.
+pub fn op_types(model: &ModelProto) -> Vec<&str> {
+    model
+        .graph
+        .iter()
+        .flat_map(|g| g.node.iter().map(|n| n.op_type.as_str()))
+        .collect()
+}
+
 /// Finds every `MatMul`/`Gemm` with a constant float weight. Gemm must be
 /// the plain `A·Bᵀ + C` or `A·B + C` form (alpha = beta = 1, no transA).
 pub fn candidates(model: &ModelProto) -> Result<Vec<Candidate>, GraphError> {
@@ -512,14 +521,7 @@ mod tests {
                 }
                 let s = rewrite(&mut q, &opts).unwrap();
                 assert_eq!(s.quantized.len(), 2);
-                let ops: Vec<&str> = q
-                    .graph
-                    .as_ref()
-                    .unwrap()
-                    .node
-                    .iter()
-                    .map(|n| n.op_type.as_str())
-                    .collect();
+                let ops = op_types(&q);
                 assert_eq!(
                     ops.iter().filter(|o| **o == "MatMulInteger").count(),
                     2,
