@@ -26,6 +26,8 @@
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
 //! - [`classifier`]: text in, [`Classification`] out.
 //! - [`eval`]: labelled TSV files and accuracy metrics (pure).
+//! - [`protocol`]: the JSON-lines wire format: a bounded line reader and
+//!   the request decoder (pure; the socket server is not built yet).
 //! - [`error`]: the crate's [`Error`] type.
 //!
 //! The `edge-bert` binary (`src/main.rs`) is a thin command-line layer over
@@ -39,6 +41,7 @@ pub mod error;
 pub mod eval;
 pub mod manifest;
 pub mod postprocess;
+pub mod protocol;
 pub mod tokenize;
 
 pub use bundle::Bundle;

@@ -1,0 +1,329 @@
+//! The JSON-lines wire format, pure: a bounded line reader and the request
+//! decoder. No sockets here; transports stay thin and call into this.
+//!
+//! A request is one JSON object per line, `{"id": <any>, "text": "..."}`, or
+//! `{"op": "health" | "info" | "metrics"}`. Anything else is answered with
+//! an error object carrying one of the [`ErrorCode`]s, and the connection
+//! stays usable.
+
+use std::io::Read;
+
+/// Why a request line was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The line is not valid UTF-8.
+    InvalidUtf8,
+    /// The line is not valid JSON.
+    MalformedJson,
+    /// The JSON is valid but not an object.
+    NotAnObject,
+    /// No `text` (and no `op`), or `text` is not a string.
+    MissingText,
+    /// `text` is empty or white space.
+    EmptyText,
+    /// `op` names no known operation.
+    UnknownOp,
+    /// The line is longer than the limit; it was discarded unread.
+    TooLong,
+}
+
+impl ErrorCode {
+    /// The code as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidUtf8 => "invalid_utf8",
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::NotAnObject => "not_an_object",
+            ErrorCode::MissingText => "missing_text",
+            ErrorCode::EmptyText => "empty_text",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::TooLong => "too_long",
+        }
+    }
+}
+
+/// A control operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Health,
+    Info,
+    Metrics,
+}
+
+/// A decoded request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Classify { id: serde_json::Value, text: String },
+    Op { id: serde_json::Value, op: Op },
+}
+
+/// A refused request: the code, a message, and the id if one could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub id: serde_json::Value,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn refuse(id: serde_json::Value, code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        id,
+        code,
+        message: message.into(),
+    }
+}
+
+/// Decodes one request line (without its newline).
+pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
+    use serde_json::Value;
+    let text = std::str::from_utf8(line).map_err(|e| {
+        refuse(
+            Value::Null,
+            ErrorCode::InvalidUtf8,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| refuse(Value::Null, ErrorCode::MalformedJson, e.to_string()))?;
+    let Value::Object(mut obj) = value else {
+        return Err(refuse(
+            Value::Null,
+            ErrorCode::NotAnObject,
+            "a request must be a JSON object",
+        ));
+    };
+    let id = obj.remove("id").unwrap_or(Value::Null);
+    if let Some(op) = obj.get("op") {
+        let op = match op.as_str() {
+            Some("health") => Op::Health,
+            Some("info") => Op::Info,
+            Some("metrics") => Op::Metrics,
+            _ => {
+                return Err(refuse(
+                    id,
+                    ErrorCode::UnknownOp,
+                    format!("unknown op {op}; expected health, info or metrics"),
+                ))
+            }
+        };
+        return Ok(Request::Op { id, op });
+    }
+    match obj.remove("text") {
+        Some(Value::String(t)) if t.trim().is_empty() => {
+            Err(refuse(id, ErrorCode::EmptyText, "text is empty"))
+        }
+        Some(Value::String(text)) => Ok(Request::Classify { id, text }),
+        Some(_) => Err(refuse(id, ErrorCode::MissingText, "text must be a string")),
+        None => Err(refuse(id, ErrorCode::MissingText, "missing \"text\"")),
+    }
+}
+
+/// One step of a [`LineReader`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A complete line, without its `\n` (and without a trailing `\r`).
+    Full(&'a [u8]),
+    /// A line longer than the limit; its bytes were discarded up to and
+    /// including the next newline, never buffered.
+    TooLong,
+    /// The stream ended (a last unterminated line is returned as `Full` first).
+    Eof,
+}
+
+/// Reads `\n`-terminated lines into a fixed buffer allocated once.
+///
+/// Memory never grows with input: a line longer than `max` bytes is
+/// reported as [`Line::TooLong`] and skipped.
+#[derive(Debug)]
+pub struct LineReader<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    /// Bytes `start..end` of `buf` are read but not yet returned.
+    start: usize,
+    end: usize,
+    max: usize,
+    eof: bool,
+}
+
+impl<R: Read> LineReader<R> {
+    /// A reader for lines of at most `max` bytes (newline excluded).
+    pub fn new(inner: R, max: usize) -> LineReader<R> {
+        LineReader {
+            inner,
+            buf: vec![0; max + 1].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            max,
+            eof: false,
+        }
+    }
+
+    /// The next line. I/O errors (including time-outs) are passed through.
+    pub fn next_line(&mut self) -> std::io::Result<Line<'_>> {
+        let mut discarding = false;
+        loop {
+            // A newline among the unread bytes ends a line.
+            if let Some(pos) = self.buf[self.start..self.end]
+                .iter()
+                .position(|&b| b == b'\n')
+            {
+                let (s, nl) = (self.start, self.start + pos);
+                self.start = nl + 1;
+                if discarding {
+                    return Ok(Line::TooLong);
+                }
+                let line = &self.buf[s..nl];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                return Ok(Line::Full(line));
+            }
+            if discarding {
+                self.start = 0;
+                self.end = 0;
+            } else if self.end - self.start > self.max {
+                // Over the limit with no newline: drop what we hold.
+                discarding = true;
+                self.start = 0;
+                self.end = 0;
+            } else if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.eof {
+                if discarding {
+                    return Ok(Line::TooLong);
+                }
+                if self.end > self.start {
+                    let (s, e) = (self.start, self.end);
+                    self.start = self.end;
+                    let line = &self.buf[s..e];
+                    return Ok(Line::Full(line.strip_suffix(b"\r").unwrap_or(line)));
+                }
+                return Ok(Line::Eof);
+            }
+            let n = self.inner.read(&mut self.buf[self.end..])?;
+            if n == 0 {
+                self.eof = true;
+            }
+            self.end += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_requests_and_refusals() {
+        assert_eq!(
+            decode_request(br#"{"id": 7, "text": "great"}"#).unwrap(),
+            Request::Classify {
+                id: json!(7),
+                text: "great".into()
+            }
+        );
+        assert_eq!(
+            decode_request(br#"{"op": "health"}"#).unwrap(),
+            Request::Op {
+                id: json!(null),
+                op: Op::Health
+            }
+        );
+        let code = |l: &[u8]| decode_request(l).unwrap_err().code;
+        assert_eq!(code(b"\xff{}"), ErrorCode::InvalidUtf8);
+        assert_eq!(code(b"{not json"), ErrorCode::MalformedJson);
+        assert_eq!(code(b"[1,2]"), ErrorCode::NotAnObject);
+        assert_eq!(code(br#"{"id": 1}"#), ErrorCode::MissingText);
+        assert_eq!(code(br#"{"text": 3}"#), ErrorCode::MissingText);
+        assert_eq!(code(br#"{"text": "  "}"#), ErrorCode::EmptyText);
+        assert_eq!(code(br#"{"op": "reboot"}"#), ErrorCode::UnknownOp);
+        // The id is echoed even on a refusal.
+        assert_eq!(
+            decode_request(br#"{"id": "x", "text": ""}"#)
+                .unwrap_err()
+                .id,
+            json!("x")
+        );
+    }
+
+    /// Collects every step of a reader fed `input` in chunks of `chunk` bytes.
+    fn lines(input: &[u8], max: usize, chunk: usize) -> Vec<Option<Vec<u8>>> {
+        struct Chunked<'a>(&'a [u8], usize);
+        impl Read for Chunked<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(self.1).min(out.len());
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut r = LineReader::new(Chunked(input, chunk.max(1)), max);
+        let mut out = Vec::new();
+        loop {
+            match r.next_line().unwrap() {
+                Line::Full(l) => out.push(Some(l.to_vec())),
+                Line::TooLong => out.push(None),
+                Line::Eof => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn long_lines_are_skipped_and_the_next_line_works() {
+        let input = b"ok\nthis line is far too long\r\nfine\r\nlast";
+        let want = vec![
+            Some(b"ok".to_vec()),
+            None,
+            Some(b"fine".to_vec()),
+            Some(b"last".to_vec()),
+        ];
+        for chunk in 1..8 {
+            assert_eq!(lines(input, 8, chunk), want, "chunk {chunk}");
+        }
+        assert_eq!(lines(b"0123456789", 4, 3), vec![None]);
+        assert_eq!(lines(b"", 4, 3), Vec::<Option<Vec<u8>>>::new());
+        assert_eq!(lines(b"1234\n", 4, 2), vec![Some(b"1234".to_vec())]);
+    }
+
+    proptest! {
+        /// Against a model: split on '\n', strip one '\r', lines over the
+        /// limit become `None`; chunking must not matter.
+        #[test]
+        fn line_reader_matches_a_model(
+            input in prop::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), any::<u8>()], 0..200),
+            max in 1usize..20,
+            chunk in 1usize..40,
+        ) {
+            let mut want: Vec<Option<Vec<u8>>> = Vec::new();
+            let mut parts: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+            if input.last() == Some(&b'\n') || input.is_empty() {
+                parts.pop();
+            }
+            for p in parts {
+                if p.len() > max {
+                    want.push(None);
+                } else {
+                    want.push(Some(p.strip_suffix(b"\r").unwrap_or(p).to_vec()));
+                }
+            }
+            prop_assert_eq!(lines(&input, max, chunk), want);
+        }
+
+        #[test]
+        fn decoder_never_panics(line in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_request(&line);
+        }
+
+        #[test]
+        fn decoder_round_trips_texts(id in any::<i64>(), text in "\\PC*[a-z]\\PC*") {
+            let line = serde_json::to_vec(&serde_json::json!({"id": id, "text": text})).unwrap();
+            prop_assert_eq!(
+                decode_request(&line).unwrap(),
+                Request::Classify { id: serde_json::json!(id), text }
+            );
+        }
+    }
+}
