@@ -89,6 +89,12 @@ impl Classifier {
         &self.engine
     }
 
+    /// Runs the model once on a `len`-token input (warm-up).
+    pub fn warm_up_bucket(&mut self, len: usize) -> Result<()> {
+        let ids = vec![0u32; len];
+        self.engine.logits(&ids).map(|_| ())
+    }
+
     /// Logits for a text, with no check for emptiness.
     pub fn logits(&mut self, text: &str) -> Result<(Vec<f32>, usize, bool)> {
         let enc = self.tokenizer.encode(text)?;

@@ -64,6 +64,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// The server answered with an error, or not at all.
+    #[error("server error {code}: {message}")]
+    Remote { code: String, message: String },
+
     /// A request or option is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

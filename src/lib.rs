@@ -25,9 +25,12 @@
 //! - [`engine`]: tract plans and states, one per length bucket.
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
 //! - [`classifier`]: text in, [`Classification`] out.
+//! - [`client`]: talking to a running `edge-bert serve`.
 //! - [`eval`]: labelled TSV files and accuracy metrics (pure).
 //! - [`protocol`]: the JSON-lines wire format: a bounded line reader and
-//!   the request decoder (pure; the socket server is not built yet).
+//!   the request decoder, response encoders (pure).
+//! - [`server`]: `edge-bert serve`: Unix/TCP listeners, one inference worker
+//!   behind a bounded queue.
 //! - [`error`]: the crate's [`Error`] type.
 //!
 //! The `edge-bert` binary (`src/main.rs`) is a thin command-line layer over
@@ -35,6 +38,7 @@
 
 pub mod bundle;
 pub mod classifier;
+pub mod client;
 pub mod embedded;
 pub mod engine;
 pub mod error;
@@ -42,6 +46,7 @@ pub mod eval;
 pub mod manifest;
 pub mod postprocess;
 pub mod protocol;
+pub mod server;
 pub mod tokenize;
 
 pub use bundle::Bundle;

@@ -10,9 +10,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use edge_bert::client::Client;
 use edge_bert::eval::{parse_tsv, Confusion};
-use edge_bert::{Bundle, Classification, Classifier, Error};
+use edge_bert::{server, Bundle, Classification, Classifier, Error};
 use serde_json::json;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 const EXIT_INPUT: u8 = 1;
 const EXIT_MODEL: u8 = 3;
@@ -57,8 +60,50 @@ enum Command {
         /// Override the length buckets, e.g. 16,32,64,128 (the last must be the max length).
         #[arg(long, value_delimiter = ',', value_name = "N,N,..")]
         buckets: Option<Vec<usize>>,
+        /// Ask a running `edge-bert serve` on this Unix socket instead of loading a model.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["model", "buckets", "tcp"])]
+        socket: Option<PathBuf>,
+        /// Ask a running `edge-bert serve` on this TCP address.
+        #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["model", "buckets"])]
+        tcp: Option<String>,
         /// Texts to classify; with none, read one text per line from stdin.
         texts: Vec<String>,
+    },
+    /// Serve the model on a local socket (JSON lines; see docs/protocol.md).
+    #[command(
+        after_help = "Examples:\n  edge-bert serve --socket /tmp/edge-bert.sock\n  \
+        edge-bert serve --tcp 127.0.0.1:7878 --max-clients 16\n  \
+        echo '{\"id\":1,\"text\":\"great film\"}' | socat - UNIX-CONNECT:/tmp/edge-bert.sock\n\n\
+        SIGTERM or SIGINT: stop accepting, answer what was accepted, remove the socket, exit 0."
+    )]
+    Serve {
+        /// Model bundle directory (default: the embedded model).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// Unix socket path (default: $XDG_RUNTIME_DIR/edge-bert.sock or /run/edge-bert/edge-bert.sock).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Also listen on TCP (loopback unless --allow-non-loopback).
+        #[arg(long, value_name = "ADDR:PORT")]
+        tcp: Option<std::net::SocketAddr>,
+        /// Allow --tcp on a non-loopback address (logs a warning).
+        #[arg(long)]
+        allow_non_loopback: bool,
+        /// Longest request line in bytes; longer lines get a too_long error.
+        #[arg(long, default_value_t = 16384, value_name = "N")]
+        max_text_bytes: usize,
+        /// Most connections served at once; more get too_many_clients.
+        #[arg(long, default_value_t = 32, value_name = "N")]
+        max_clients: usize,
+        /// Requests waiting for the worker; beyond that a request gets busy.
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        queue: usize,
+        /// Close a connection that sends nothing for this long.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        idle_timeout: u64,
+        /// Refuse to start if peak memory after warm-up exceeds this.
+        #[arg(long, value_name = "MiB")]
+        memory_budget: Option<u64>,
     },
     /// Measure accuracy on a labelled file (LABEL<TAB>text per line).
     #[command(
@@ -124,8 +169,48 @@ fn main() -> ExitCode {
             model,
             json,
             buckets,
+            socket,
+            tcp,
             texts,
-        } => classify(model.as_deref(), json, buckets.as_deref(), texts),
+        } => {
+            let backend = match (socket, tcp) {
+                (Some(p), _) => Client::unix(&p).map(Backend::Remote),
+                (None, Some(a)) => Client::tcp(&a).map(Backend::Remote),
+                (None, None) => Ok(Backend::Local(Box::new(
+                    match load(model.as_deref(), buckets.as_deref()) {
+                        Ok(c) => c,
+                        Err(f) => return exit(f),
+                    },
+                ))),
+            };
+            match backend {
+                Ok(b) => classify(b, json, texts),
+                Err(e) => Err(Failure::new(EXIT_MODEL, e.to_string())),
+            }
+        }
+        Command::Serve {
+            model,
+            socket,
+            tcp,
+            allow_non_loopback,
+            max_text_bytes,
+            max_clients,
+            queue,
+            idle_timeout,
+            memory_budget,
+        } => serve(
+            model.as_deref(),
+            server::Config {
+                socket: Some(socket.unwrap_or_else(server::default_socket_path)),
+                tcp,
+                max_text_bytes,
+                max_clients,
+                queue,
+                idle_timeout: std::time::Duration::from_secs(idle_timeout),
+            },
+            allow_non_loopback,
+            memory_budget,
+        ),
         Command::Eval {
             model,
             data,
@@ -137,11 +222,74 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("edge-bert: {}", f.message);
-            ExitCode::from(f.code)
+        Err(f) => exit(f),
+    }
+}
+
+fn exit(f: Failure) -> ExitCode {
+    eprintln!("edge-bert: {}", f.message);
+    ExitCode::from(f.code)
+}
+
+/// Where `classify` gets its answers.
+enum Backend {
+    Local(Box<Classifier>),
+    Remote(Client),
+}
+
+impl Backend {
+    fn classify(&mut self, text: &str) -> Result<Classification, Error> {
+        match self {
+            Backend::Local(c) => c.classify(text),
+            Backend::Remote(c) => c.classify(text),
         }
     }
+}
+
+fn serve(
+    model: Option<&Path>,
+    cfg: server::Config,
+    allow_non_loopback: bool,
+    memory_budget: Option<u64>,
+) -> Result<(), Failure> {
+    if let Some(addr) = cfg.tcp {
+        if !addr.ip().is_loopback() {
+            if !allow_non_loopback {
+                return Err(Failure::new(
+                    2,
+                    format!("--tcp {addr} is not a loopback address; add --allow-non-loopback to bind it"),
+                ));
+            }
+            log::warn!(
+                "listening on non-loopback {addr}: anyone who can reach it can use the model"
+            );
+        }
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone())
+            .map_err(|e| Failure::new(1, format!("installing signal handler: {e}")))?;
+    }
+    let mut clf = load(model, None)?;
+    server::warm_up(&mut clf).map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
+    let peak = server::peak_rss_kib();
+    if let (Some(budget), Some(peak)) = (memory_budget, peak) {
+        let peak_mib = peak.div_ceil(1024);
+        if peak_mib > budget {
+            return Err(Failure::new(
+                EXIT_MODEL,
+                format!("peak memory after warm-up is {peak_mib} MiB, {} MiB over --memory-budget {budget}", peak_mib - budget),
+            ));
+        }
+    }
+    log::info!("warmed up; peak RSS {} KiB", peak.unwrap_or(0));
+    server::serve(clf, cfg, shutdown).map_err(|e| {
+        let code = match e {
+            Error::InvalidArgument(_) => 2,
+            _ => 1,
+        };
+        Failure::new(code, e.to_string())
+    })
 }
 
 fn load_bundle(model: Option<&Path>) -> Result<Bundle, Failure> {
@@ -192,13 +340,7 @@ fn classification_json(c: &Classification, text: &str) -> serde_json::Value {
     })
 }
 
-fn classify(
-    model: Option<&Path>,
-    json: bool,
-    buckets: Option<&[usize]>,
-    texts: Vec<String>,
-) -> Result<(), Failure> {
-    let mut clf = load(model, buckets)?;
+fn classify(mut clf: Backend, json: bool, texts: Vec<String>) -> Result<(), Failure> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut failed = 0usize;
@@ -207,10 +349,7 @@ fn classify(
         match clf.classify(text) {
             Ok(c) => {
                 if c.truncated {
-                    log::warn!(
-                        "text {n} truncated to {} tokens",
-                        clf.manifest().max_seq_len
-                    );
+                    log::warn!("text {n} truncated to {} tokens", c.tokens);
                 }
                 let line = if json {
                     classification_json(&c, text).to_string()

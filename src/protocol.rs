@@ -118,6 +118,29 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
     }
 }
 
+/// The response line for a classified text (no trailing newline).
+pub fn encode_classification(id: &serde_json::Value, c: &crate::Classification) -> String {
+    let scores: serde_json::Map<String, serde_json::Value> = c
+        .scores
+        .iter()
+        .map(|(l, p)| (l.clone(), serde_json::json!(p)))
+        .collect();
+    serde_json::json!({
+        "id": id,
+        "label": c.label,
+        "score": c.score,
+        "scores": scores,
+        "tokens": c.tokens,
+        "truncated": c.truncated,
+    })
+    .to_string()
+}
+
+/// The response line for a refused or failed request (no trailing newline).
+pub fn encode_error(id: &serde_json::Value, code: &str, message: &str) -> String {
+    serde_json::json!({ "id": id, "error": { "code": code, "message": message } }).to_string()
+}
+
 /// One step of a [`LineReader`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line<'a> {
@@ -143,6 +166,8 @@ pub struct LineReader<R> {
     end: usize,
     max: usize,
     eof: bool,
+    /// Inside an over-long line, dropping bytes until its newline.
+    discarding: bool,
 }
 
 impl<R: Read> LineReader<R> {
@@ -155,12 +180,15 @@ impl<R: Read> LineReader<R> {
             end: 0,
             max,
             eof: false,
+            discarding: false,
         }
     }
 
     /// The next line. I/O errors (including time-outs) are passed through.
+    ///
+    /// After an error (such as a read time-out) the reader's state is intact
+    /// and the call can be repeated.
     pub fn next_line(&mut self) -> std::io::Result<Line<'_>> {
-        let mut discarding = false;
         loop {
             // A newline among the unread bytes ends a line.
             if let Some(pos) = self.buf[self.start..self.end]
@@ -169,19 +197,20 @@ impl<R: Read> LineReader<R> {
             {
                 let (s, nl) = (self.start, self.start + pos);
                 self.start = nl + 1;
-                if discarding {
+                if self.discarding {
+                    self.discarding = false;
                     return Ok(Line::TooLong);
                 }
                 let line = &self.buf[s..nl];
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 return Ok(Line::Full(line));
             }
-            if discarding {
+            if self.discarding {
                 self.start = 0;
                 self.end = 0;
             } else if self.end - self.start > self.max {
                 // Over the limit with no newline: drop what we hold.
-                discarding = true;
+                self.discarding = true;
                 self.start = 0;
                 self.end = 0;
             } else if self.start > 0 {
@@ -190,7 +219,8 @@ impl<R: Read> LineReader<R> {
                 self.start = 0;
             }
             if self.eof {
-                if discarding {
+                if self.discarding {
+                    self.discarding = false;
                     return Ok(Line::TooLong);
                 }
                 if self.end > self.start {
@@ -250,20 +280,30 @@ mod tests {
     }
 
     /// Collects every step of a reader fed `input` in chunks of `chunk` bytes.
+    /// Every other read fails with `WouldBlock` (as a socket read time-out
+    /// does); the caller retries, and the result must not change.
     fn lines(input: &[u8], max: usize, chunk: usize) -> Vec<Option<Vec<u8>>> {
-        struct Chunked<'a>(&'a [u8], usize);
+        struct Chunked<'a>(&'a [u8], usize, bool);
         impl Read for Chunked<'_> {
             fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                self.2 = !self.2;
+                if self.2 {
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
                 let n = self.0.len().min(self.1).min(out.len());
                 out[..n].copy_from_slice(&self.0[..n]);
                 self.0 = &self.0[n..];
                 Ok(n)
             }
         }
-        let mut r = LineReader::new(Chunked(input, chunk.max(1)), max);
+        let mut r = LineReader::new(Chunked(input, chunk.max(1), false), max);
         let mut out = Vec::new();
         loop {
-            match r.next_line().unwrap() {
+            let step = match r.next_line() {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => other.unwrap(),
+            };
+            match step {
                 Line::Full(l) => out.push(Some(l.to_vec())),
                 Line::TooLong => out.push(None),
                 Line::Eof => return out,

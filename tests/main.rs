@@ -7,5 +7,7 @@ mod bundle_errors;
 mod cli;
 #[path = "it/golden.rs"]
 mod golden;
+#[path = "it/serve.rs"]
+mod serve;
 #[path = "it/util.rs"]
 mod util;

@@ -1,0 +1,449 @@
+//! `edge-bert serve`: one inference worker behind a bounded queue, fed by
+//! Unix-socket and loopback-TCP clients speaking the JSON-lines protocol of
+//! [`crate::protocol`]. Thin I/O around the pure codec.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::protocol::{
+    decode_request, encode_classification, encode_error, Line, LineReader, Op, Request,
+};
+use crate::Classifier;
+
+/// How often blocked loops look at the shutdown flag.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a client may keep sending already-queued lines after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A client that does not read its responses for this long is dropped, so
+/// it cannot stall the server (or its shutdown).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: Option<PathBuf>,
+    pub tcp: Option<SocketAddr>,
+    pub max_text_bytes: usize,
+    pub max_clients: usize,
+    pub queue: usize,
+    pub idle_timeout: Duration,
+}
+
+/// The default Unix socket: `$XDG_RUNTIME_DIR/edge-bert.sock`, else
+/// `/run/edge-bert/edge-bert.sock` (the systemd `RuntimeDirectory`).
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("edge-bert.sock"),
+        _ => PathBuf::from("/run/edge-bert/edge-bert.sock"),
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in KiB, where Linux tells.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Latency samples in a fixed ring, and counters.
+struct Metrics {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    queued: AtomicUsize,
+    latencies_us: Mutex<(Box<[u32]>, usize, usize)>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        Metrics {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            latencies_us: Mutex::new((vec![0; 1024].into_boxed_slice(), 0, 0)),
+        }
+    }
+
+    fn record(&self, d: Duration) {
+        let mut g = self.latencies_us.lock().unwrap_or_else(|e| e.into_inner());
+        let (ring, next, len) = &mut *g;
+        ring[*next] = d.as_micros().min(u32::MAX as u128) as u32;
+        *next = (*next + 1) % ring.len();
+        *len = (*len + 1).min(ring.len());
+    }
+
+    fn percentiles(&self) -> (f64, f64) {
+        let g = self.latencies_us.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<u32> = g.0[..g.2].to_vec();
+        if v.is_empty() {
+            return (0.0, 0.0);
+        }
+        v.sort_unstable();
+        let at = |p: f64| {
+            v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)] as f64 / 1000.0
+        };
+        (at(0.5), at(0.99))
+    }
+}
+
+struct Job {
+    text: String,
+    reply: SyncSender<std::result::Result<crate::Classification, String>>,
+}
+
+struct Shared {
+    jobs: Mutex<Option<SyncSender<Job>>>,
+    metrics: Metrics,
+    info: Value,
+    shutdown: Arc<AtomicBool>,
+    clients: AtomicUsize,
+    cfg: Config,
+}
+
+/// Binds a Unix socket at `path`: a live server there is an error; a stale
+/// socket file from a crashed server is replaced. The file gets mode 0660.
+fn bind_unix(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(Error::InvalidArgument(format!(
+                "another server is already listening on {}",
+                path.display()
+            )));
+        }
+        log::warn!("removing stale socket {}", path.display());
+        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+    }
+    let l = UnixListener::bind(path).map_err(|e| Error::io(path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::io(path, e))?;
+    l.set_nonblocking(true).map_err(|e| Error::io(path, e))?;
+    Ok(l)
+}
+
+/// Tells systemd (`Type=notify`) that the server is ready, when
+/// `$NOTIFY_SOCKET` is set. Called once the model is loaded and warmed up and
+/// the listeners are bound.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return log::warn!("sd_notify: {e}"),
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", Path::new(&path))
+    };
+    if let Err(e) = sent {
+        log::warn!("sd_notify to {}: {e}", path.to_string_lossy());
+    }
+}
+
+/// Runs one full-length text through every bucket, so every plan and state
+/// has done its first (allocating) run before traffic arrives.
+pub fn warm_up(clf: &mut Classifier) -> Result<()> {
+    for b in clf.engine().buckets() {
+        clf.warm_up_bucket(b)?;
+    }
+    Ok(())
+}
+
+/// Runs the server until `shutdown` is set; then stops accepting, answers
+/// what was already accepted, removes the socket file and returns.
+pub fn serve(mut clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Result<()> {
+    let unix = cfg.socket.as_deref().map(bind_unix).transpose()?;
+    let tcp = match cfg.tcp {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).map_err(|e| Error::io(addr.to_string(), e))?;
+            l.set_nonblocking(true)
+                .map_err(|e| Error::io(addr.to_string(), e))?;
+            log::info!(
+                "listening on tcp {}",
+                l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            );
+            Some(l)
+        }
+        None => None,
+    };
+    let info = json!({
+        "model": clf.manifest().name,
+        "precision": clf.manifest().precision,
+        "labels": clf.manifest().labels,
+        "max_seq_len": clf.manifest().max_seq_len,
+        "buckets": clf.engine().buckets(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue.max(1));
+    let shared = Arc::new(Shared {
+        jobs: Mutex::new(Some(tx)),
+        metrics: Metrics::new(),
+        info,
+        shutdown: shutdown.clone(),
+        clients: AtomicUsize::new(0),
+        cfg: cfg.clone(),
+    });
+
+    let worker_shared = shared.clone();
+    let worker = std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || {
+            // Ends when every sender is gone: after shutdown and the queue is drained.
+            while let Ok(job) = rx.recv() {
+                worker_shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let r = clf.classify(&job.text).map_err(|e| e.to_string());
+                worker_shared.metrics.record(started.elapsed());
+                let _ = job.reply.send(r);
+            }
+        })
+        .map_err(|e| Error::io("inference thread", e))?;
+
+    if let Some(p) = &cfg.socket {
+        log::info!("listening on {}", p.display());
+    }
+    notify_ready();
+    let mut handles = Vec::new();
+    while !shutdown.load(Ordering::SeqCst) {
+        let mut accepted = false;
+        if let Some(l) = &unix {
+            if let Ok((s, _)) = l.accept() {
+                accepted = true;
+                handles.push(spawn_client(&shared, Conn::Unix(s)));
+            }
+        }
+        if let Some(l) = &tcp {
+            if let Ok((s, _)) = l.accept() {
+                accepted = true;
+                handles.push(spawn_client(&shared, Conn::Tcp(s)));
+            }
+        }
+        handles.retain(|h: &std::thread::JoinHandle<()>| !h.is_finished());
+        if !accepted {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    log::info!("shutting down: answering accepted requests");
+    drop(unix);
+    drop(tcp);
+    for h in handles {
+        let _ = h.join();
+    }
+    shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let _ = worker.join();
+    if let Some(p) = &cfg.socket {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+enum Conn {
+    Unix(UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl Conn {
+    fn split(self) -> std::io::Result<(Box<dyn std::io::Read + Send>, Box<dyn Write + Send>)> {
+        match self {
+            Conn::Unix(s) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(TICK))?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                Ok((Box::new(s.try_clone()?), Box::new(s)))
+            }
+            Conn::Tcp(s) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(TICK))?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                s.set_nodelay(true)?;
+                Ok((Box::new(s.try_clone()?), Box::new(s)))
+            }
+        }
+    }
+}
+
+fn spawn_client(shared: &Arc<Shared>, conn: Conn) -> std::thread::JoinHandle<()> {
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        let Ok((read, mut write)) = conn.split() else {
+            return;
+        };
+        if shared.clients.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_clients {
+            shared.clients.fetch_sub(1, Ordering::SeqCst);
+            let _ = writeln!(
+                write,
+                "{}",
+                encode_error(
+                    &Value::Null,
+                    "too_many_clients",
+                    "server is at --max-clients; try again later"
+                )
+            );
+            return;
+        }
+        if let Err(e) = client_loop(&shared, read, &mut write) {
+            log::debug!("client: {e}");
+        }
+        shared.clients.fetch_sub(1, Ordering::SeqCst);
+    })
+}
+
+fn client_loop(
+    shared: &Shared,
+    read: Box<dyn std::io::Read + Send>,
+    write: &mut Box<dyn Write + Send>,
+) -> std::io::Result<()> {
+    let mut reader = LineReader::new(read, shared.cfg.max_text_bytes);
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let mut idle_since = Instant::now();
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        // After shutdown, lines that have already arrived are still answered
+        // (for at most SHUTDOWN_GRACE); the first read that would wait ends it.
+        if shared.shutdown.load(Ordering::SeqCst) {
+            let deadline = *stop_by.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+            if Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
+        let line = match reader.next_line() {
+            Ok(l) => l,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if shared.shutdown.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                if idle_since.elapsed() >= shared.cfg.idle_timeout {
+                    let _ = writeln!(
+                        write,
+                        "{}",
+                        encode_error(
+                            &Value::Null,
+                            "idle_timeout",
+                            "no request within --idle-timeout; closing"
+                        )
+                    );
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        idle_since = Instant::now();
+        let response = match line {
+            Line::Eof => return Ok(()),
+            Line::TooLong => {
+                shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                encode_error(
+                    &Value::Null,
+                    "too_long",
+                    &format!(
+                        "line longer than --max-text-bytes {}; discarded",
+                        shared.cfg.max_text_bytes
+                    ),
+                )
+            }
+            Line::Full(bytes) => match decode_request(bytes) {
+                Err(r) => {
+                    shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    encode_error(&r.id, r.code.as_str(), &r.message)
+                }
+                Ok(Request::Op { id, op }) => respond_op(shared, &id, op),
+                Ok(Request::Classify { id, text }) => {
+                    shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+                    classify(shared, &id, text, &reply_tx, &reply_rx)
+                }
+            },
+        };
+        write.write_all(response.as_bytes())?;
+        write.write_all(b"\n")?;
+        write.flush()?;
+    }
+}
+
+type Reply = std::result::Result<crate::Classification, String>;
+
+fn classify(
+    shared: &Shared,
+    id: &Value,
+    text: String,
+    tx: &SyncSender<Reply>,
+    rx: &mpsc::Receiver<Reply>,
+) -> String {
+    let sender = shared
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let Some(sender) = sender else {
+        return encode_error(id, "shutting_down", "the server is stopping");
+    };
+    shared.metrics.queued.fetch_add(1, Ordering::Relaxed);
+    match sender.try_send(Job {
+        text,
+        reply: tx.clone(),
+    }) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            return encode_error(id, "busy", "the request queue is full; try again");
+        }
+    }
+    loop {
+        match rx.recv_timeout(TICK) {
+            Ok(Ok(c)) => return encode_classification(id, &c),
+            Ok(Err(e)) => {
+                shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                return encode_error(id, "model_error", &e);
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => {
+                return encode_error(id, "internal", "worker stopped")
+            }
+        }
+    }
+}
+
+fn respond_op(shared: &Shared, id: &Value, op: Op) -> String {
+    let m = &shared.metrics;
+    let body = match op {
+        Op::Health => json!({ "id": id, "status": "ok" }),
+        Op::Info => json!({ "id": id, "info": shared.info }),
+        Op::Metrics => {
+            let (p50, p99) = m.percentiles();
+            json!({ "id": id, "metrics": {
+                "requests": m.requests.load(Ordering::Relaxed),
+                "errors": m.errors.load(Ordering::Relaxed),
+                "latency_ms_p50": p50,
+                "latency_ms_p99": p99,
+                "queue_depth": m.queued.load(Ordering::Relaxed),
+                "clients": shared.clients.load(Ordering::Relaxed),
+                "peak_rss_kib": peak_rss_kib(),
+            }})
+        }
+    };
+    body.to_string()
+}
