@@ -409,3 +409,23 @@ fn notifies_systemd_when_ready() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn memory_budget_is_enforced_after_warm_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("eb.sock");
+    let o = run(
+        &[
+            "serve",
+            "--model",
+            tiny_dir().to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--memory-budget",
+            "1",
+        ],
+        b"",
+    );
+    assert_fails(&o, 3, "MiB over --memory-budget 1");
+    assert!(!socket.exists());
+}
