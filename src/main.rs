@@ -265,6 +265,7 @@ fn serve(
             );
         }
     }
+    server::single_malloc_arena();
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())
