@@ -25,6 +25,8 @@ pub enum ErrorCode {
     UnknownOp,
     /// The line is longer than the limit; it was discarded unread.
     TooLong,
+    /// More than [`MAX_TEXTS`] texts in one request.
+    TooManyTexts,
 }
 
 impl ErrorCode {
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::EmptyText => "empty_text",
             ErrorCode::UnknownOp => "unknown_op",
             ErrorCode::TooLong => "too_long",
+            ErrorCode::TooManyTexts => "too_many_texts",
         }
     }
 }
@@ -53,9 +56,23 @@ pub enum Op {
 /// A decoded request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Classify { id: serde_json::Value, text: String },
-    Op { id: serde_json::Value, op: Op },
+    Classify {
+        id: serde_json::Value,
+        text: String,
+    },
+    /// `{"id": .., "texts": [..]}`: several texts, one response with `results`.
+    ClassifyMany {
+        id: serde_json::Value,
+        texts: Vec<String>,
+    },
+    Op {
+        id: serde_json::Value,
+        op: Op,
+    },
 }
+
+/// Most texts in one `texts` request.
+pub const MAX_TEXTS: usize = 64;
 
 /// A refused request: the code, a message, and the id if one could be read.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +125,46 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
         };
         return Ok(Request::Op { id, op });
     }
+    if let Some(texts) = obj.remove("texts") {
+        let Value::Array(items) = texts else {
+            return Err(refuse(
+                id,
+                ErrorCode::MissingText,
+                "texts must be an array of strings",
+            ));
+        };
+        if items.is_empty() {
+            return Err(refuse(id, ErrorCode::MissingText, "texts is empty"));
+        }
+        if items.len() > MAX_TEXTS {
+            return Err(refuse(
+                id,
+                ErrorCode::TooManyTexts,
+                format!("{} texts; at most {MAX_TEXTS} per request", items.len()),
+            ));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Value::String(t) if t.trim().is_empty() => {
+                    return Err(refuse(
+                        id,
+                        ErrorCode::EmptyText,
+                        format!("texts[{i}] is empty"),
+                    ))
+                }
+                Value::String(t) => out.push(t),
+                _ => {
+                    return Err(refuse(
+                        id,
+                        ErrorCode::MissingText,
+                        format!("texts[{i}] is not a string"),
+                    ))
+                }
+            }
+        }
+        return Ok(Request::ClassifyMany { id, texts: out });
+    }
     match obj.remove("text") {
         Some(Value::String(t)) if t.trim().is_empty() => {
             Err(refuse(id, ErrorCode::EmptyText, "text is empty"))
@@ -118,22 +175,35 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
     }
 }
 
-/// The response line for a classified text (no trailing newline).
-pub fn encode_classification(id: &serde_json::Value, c: &crate::Classification) -> String {
+fn classification_fields(c: &crate::Classification) -> serde_json::Map<String, serde_json::Value> {
     let scores: serde_json::Map<String, serde_json::Value> = c
         .scores
         .iter()
         .map(|(l, p)| (l.clone(), serde_json::json!(p)))
         .collect();
-    serde_json::json!({
-        "id": id,
-        "label": c.label,
-        "score": c.score,
-        "scores": scores,
-        "tokens": c.tokens,
-        "truncated": c.truncated,
-    })
-    .to_string()
+    let mut m = serde_json::Map::new();
+    m.insert("label".into(), c.label.clone().into());
+    m.insert("score".into(), serde_json::json!(c.score));
+    m.insert("scores".into(), scores.into());
+    m.insert("tokens".into(), c.tokens.into());
+    m.insert("truncated".into(), c.truncated.into());
+    m
+}
+
+/// The response line for a classified text (no trailing newline).
+pub fn encode_classification(id: &serde_json::Value, c: &crate::Classification) -> String {
+    let mut m = classification_fields(c);
+    m.insert("id".into(), id.clone());
+    serde_json::Value::Object(m).to_string()
+}
+
+/// The response line for a `texts` request: `{"id": .., "results": [..]}`.
+pub fn encode_results(id: &serde_json::Value, cs: &[crate::Classification]) -> String {
+    let results: Vec<serde_json::Value> = cs
+        .iter()
+        .map(|c| serde_json::Value::Object(classification_fields(c)))
+        .collect();
+    serde_json::json!({ "id": id, "results": results }).to_string()
 }
 
 /// The response line for a refused or failed request (no trailing newline).
@@ -270,6 +340,19 @@ mod tests {
         assert_eq!(code(br#"{"text": 3}"#), ErrorCode::MissingText);
         assert_eq!(code(br#"{"text": "  "}"#), ErrorCode::EmptyText);
         assert_eq!(code(br#"{"op": "reboot"}"#), ErrorCode::UnknownOp);
+        assert_eq!(
+            decode_request(br#"{"id": 1, "texts": ["a", "b"]}"#).unwrap(),
+            Request::ClassifyMany {
+                id: json!(1),
+                texts: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!(code(br#"{"texts": []}"#), ErrorCode::MissingText);
+        assert_eq!(code(br#"{"texts": "a"}"#), ErrorCode::MissingText);
+        assert_eq!(code(br#"{"texts": ["a", 1]}"#), ErrorCode::MissingText);
+        assert_eq!(code(br#"{"texts": ["a", " "]}"#), ErrorCode::EmptyText);
+        let many = serde_json::to_vec(&json!({ "texts": vec!["x"; MAX_TEXTS + 1] })).unwrap();
+        assert_eq!(code(&many), ErrorCode::TooManyTexts);
         // The id is echoed even on a refusal.
         assert_eq!(
             decode_request(br#"{"id": "x", "text": ""}"#)

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::protocol::{
-    decode_request, encode_classification, encode_error, Line, LineReader, Op, Request,
+    decode_request, encode_classification, encode_error, encode_results, Line, LineReader, Op,
+    Request,
 };
 use crate::Classifier;
 
@@ -386,7 +387,21 @@ fn client_loop(
                 Ok(Request::Op { id, op }) => respond_op(shared, &id, op),
                 Ok(Request::Classify { id, text }) => {
                     shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
-                    classify(shared, &id, text, &reply_tx, &reply_rx)
+                    match classify(shared, text, &reply_tx, &reply_rx) {
+                        Ok(c) => encode_classification(&id, &c),
+                        Err((code, msg)) => encode_error(&id, code, &msg),
+                    }
+                }
+                Ok(Request::ClassifyMany { id, texts }) => {
+                    shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+                    let results: std::result::Result<Vec<_>, _> = texts
+                        .into_iter()
+                        .map(|t| classify(shared, t, &reply_tx, &reply_rx))
+                        .collect();
+                    match results {
+                        Ok(cs) => encode_results(&id, &cs),
+                        Err((code, msg)) => encode_error(&id, code, &msg),
+                    }
                 }
             },
         };
@@ -398,43 +413,40 @@ fn client_loop(
 
 type Reply = std::result::Result<crate::Classification, String>;
 
+/// Runs one text through the worker; `Err` is (error code, message).
 fn classify(
     shared: &Shared,
-    id: &Value,
     text: String,
     tx: &SyncSender<Reply>,
     rx: &mpsc::Receiver<Reply>,
-) -> String {
+) -> std::result::Result<crate::Classification, (&'static str, String)> {
     let sender = shared
         .jobs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let Some(sender) = sender else {
-        return encode_error(id, "shutting_down", "the server is stopping");
+        return Err(("shutting_down", "the server is stopping".into()));
     };
     shared.metrics.queued.fetch_add(1, Ordering::Relaxed);
-    match sender.try_send(Job {
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sender.try_send(Job {
         text,
         reply: tx.clone(),
     }) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
-            shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            return encode_error(id, "busy", "the request queue is full; try again");
-        }
+        shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        return Err(("busy", "the request queue is full; try again".into()));
     }
     loop {
         match rx.recv_timeout(TICK) {
-            Ok(Ok(c)) => return encode_classification(id, &c),
+            Ok(Ok(c)) => return Ok(c),
             Ok(Err(e)) => {
                 shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                return encode_error(id, "model_error", &e);
+                return Err(("model_error", e));
             }
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => {
-                return encode_error(id, "internal", "worker stopped")
+                return Err(("internal", "worker stopped".into()))
             }
         }
     }

@@ -179,6 +179,14 @@ fn bad_lines_get_errors_and_the_connection_stays_usable() {
         assert_eq!(ok["id"], "next", "{ok}");
         assert!(ok["label"].is_string(), "{ok}");
     }
+    // Several texts in one request: one response with results in order.
+    let v = c.ask(br#"{"id": "m", "texts": ["a lovely film", "x", "a dull film"]}"#);
+    let single = c.ask(br#"{"text": "x"}"#);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(v["id"], "m");
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[1]["score"], single["score"]);
+    assert_eq!(code(&c.ask(br#"{"texts": ["ok", ""]}"#)), "empty_text");
     // The id is echoed on errors too.
     assert_eq!(c.ask(br#"{"id": [1], "text": ""}"#)["id"], json!([1]));
 }
