@@ -164,7 +164,7 @@ impl Engine {
 
     /// Index of the smallest bucket that holds `n` tokens.
     pub fn bucket_for(&self, n: usize) -> Option<usize> {
-        pick_bucket(&self.buckets(), n)
+        pick_bucket(self.plans.iter().map(|p| p.len), n)
     }
 
     /// Runs the model on one sequence of token ids (special tokens included)
@@ -206,8 +206,8 @@ impl Engine {
 }
 
 /// Index of the smallest bucket (sorted ascending) that holds `n` tokens.
-pub fn pick_bucket(buckets: &[usize], n: usize) -> Option<usize> {
-    buckets.iter().position(|&b| b >= n)
+pub fn pick_bucket(buckets: impl IntoIterator<Item = usize>, n: usize) -> Option<usize> {
+    buckets.into_iter().position(|b| b >= n)
 }
 
 fn describe(model: &TypedModel) -> ModelStats {
@@ -251,11 +251,11 @@ mod tests {
     #[test]
     fn picks_the_smallest_bucket_that_fits() {
         let b = [16, 32, 64, 128];
-        assert_eq!(pick_bucket(&b, 0), Some(0));
-        assert_eq!(pick_bucket(&b, 16), Some(0));
-        assert_eq!(pick_bucket(&b, 17), Some(1));
-        assert_eq!(pick_bucket(&b, 128), Some(3));
-        assert_eq!(pick_bucket(&b, 129), None);
+        assert_eq!(pick_bucket(b, 0), Some(0));
+        assert_eq!(pick_bucket(b, 16), Some(0));
+        assert_eq!(pick_bucket(b, 17), Some(1));
+        assert_eq!(pick_bucket(b, 128), Some(3));
+        assert_eq!(pick_bucket(b, 129), None);
     }
 
     #[test]
