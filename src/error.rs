@@ -68,6 +68,10 @@ pub enum Error {
     #[error("server error {code}: {message}")]
     Remote { code: String, message: String },
 
+    /// A data file (TSV) holds no examples.
+    #[error("{path}: no examples")]
+    EmptyData { path: PathBuf },
+
     /// A request or option is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -1,9 +1,41 @@
-//! Labelled data files and accuracy metrics (pure: no I/O, no model).
+//! Labelled data files and accuracy metrics (pure, but for [`read_tsv`];
+//! no model).
 //!
 //! A data file is UTF-8 text, one example per line: `LABEL<TAB>text`, with
 //! the label spelled as in the bundle's manifest.
 
+use std::path::Path;
+
 use serde::Serialize;
+
+use crate::error::Error;
+
+/// Reads and parses a data file; errors name the file and, where there is
+/// one, the line.
+pub fn read_tsv(path: &Path, labels: &[String]) -> Result<Vec<Example>, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        Error::Data {
+            path: path.to_path_buf(),
+            line: 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count(),
+            reason: format!("not valid UTF-8 (byte {at})"),
+        }
+    })?;
+    parse_tsv(&text, labels).map_err(|(line, reason)| {
+        if line == 0 {
+            Error::EmptyData {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::Data {
+                path: path.to_path_buf(),
+                line,
+                reason,
+            }
+        }
+    })
+}
 
 /// One labelled example.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,7 +26,8 @@
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
 //! - [`classifier`]: text in, [`Classification`] out.
 //! - [`client`]: talking to a running `edge-bert serve`.
-//! - [`eval`]: labelled TSV files and accuracy metrics (pure).
+//! - [`eval`]: labelled TSV files and accuracy metrics (pure, but for
+//!   `read_tsv`).
 //! - [`protocol`]: the JSON-lines wire format: a bounded line reader and
 //!   the request decoder, response encoders (pure).
 //! - [`server`]: `edge-bert serve`: Unix/TCP listeners, one inference worker

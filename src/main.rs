@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use edge_bert::client::Client;
-use edge_bert::eval::{parse_tsv, Confusion};
+use edge_bert::eval::{read_tsv, Confusion};
 use edge_bert::{server, Bundle, Classification, Classifier, Error};
 use serde_json::json;
 use std::sync::atomic::AtomicBool;
@@ -172,22 +172,8 @@ fn main() -> ExitCode {
             socket,
             tcp,
             texts,
-        } => {
-            let backend = match (socket, tcp) {
-                (Some(p), _) => Client::unix(&p).map(Backend::Remote),
-                (None, Some(a)) => Client::tcp(&a).map(Backend::Remote),
-                (None, None) => Ok(Backend::Local(Box::new(
-                    match load(model.as_deref(), buckets.as_deref()) {
-                        Ok(c) => c,
-                        Err(f) => return exit(f),
-                    },
-                ))),
-            };
-            match backend {
-                Ok(b) => classify(b, json, texts),
-                Err(e) => Err(Failure::new(EXIT_MODEL, e.to_string())),
-            }
-        }
+        } => open_backend(model.as_deref(), buckets.as_deref(), socket, tcp)
+            .and_then(|b| classify(b, json, texts)),
         Command::Serve {
             model,
             socket,
@@ -222,13 +208,29 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => exit(f),
+        Err(f) => {
+            eprintln!("edge-bert: {}", f.message);
+            ExitCode::from(f.code)
+        }
     }
 }
 
-fn exit(f: Failure) -> ExitCode {
-    eprintln!("edge-bert: {}", f.message);
-    ExitCode::from(f.code)
+/// A daemon connection when `--socket` or `--tcp` is given, else the model
+/// loaded in-process.
+fn open_backend(
+    model: Option<&Path>,
+    buckets: Option<&[usize]>,
+    socket: Option<PathBuf>,
+    tcp: Option<String>,
+) -> Result<Backend, Failure> {
+    let remote = match (socket, tcp) {
+        (Some(p), _) => Client::unix(&p),
+        (None, Some(a)) => Client::tcp(&a),
+        (None, None) => return load(model, buckets).map(|c| Backend::Local(Box::new(c))),
+    };
+    remote
+        .map(Backend::Remote)
+        .map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))
 }
 
 /// Where `classify` gets its answers.
@@ -326,19 +328,9 @@ fn load(model: Option<&Path>, buckets: Option<&[usize]>) -> Result<Classifier, F
 }
 
 fn classification_json(c: &Classification, text: &str) -> serde_json::Value {
-    let scores: serde_json::Map<String, serde_json::Value> = c
-        .scores
-        .iter()
-        .map(|(l, p)| (l.clone(), json!(p)))
-        .collect();
-    json!({
-        "label": c.label,
-        "score": c.score,
-        "scores": scores,
-        "tokens": c.tokens,
-        "truncated": c.truncated,
-        "text": text,
-    })
+    let mut m = edge_bert::protocol::classification_fields(c);
+    m.insert("text".into(), text.into());
+    serde_json::Value::Object(m)
 }
 
 fn classify(mut clf: Backend, json: bool, texts: Vec<String>) -> Result<(), Failure> {
@@ -429,22 +421,9 @@ fn eval(
 ) -> Result<(), Failure> {
     let mut clf = load(model, None)?;
     let mut reference = reference.map(|r| load(Some(r), None)).transpose()?;
-    let bytes = std::fs::read(data)
-        .map_err(|e| Failure::new(EXIT_DATA, format!("cannot read {}: {e}", data.display())))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Failure::new(
-            EXIT_DATA,
-            format!(
-                "{} is not valid UTF-8 (byte {})",
-                data.display(),
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })?;
     let labels = clf.manifest().labels.clone();
-    let mut examples = parse_tsv(&text, &labels).map_err(|(line, reason)| {
-        Failure::new(EXIT_DATA, format!("{}:{line}: {reason}", data.display()))
-    })?;
+    let mut examples =
+        read_tsv(data, &labels).map_err(|e| Failure::new(EXIT_DATA, e.to_string()))?;
     if let Some(n) = limit {
         examples.truncate(n);
     }

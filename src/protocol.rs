@@ -175,7 +175,11 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
     }
 }
 
-fn classification_fields(c: &crate::Classification) -> serde_json::Map<String, serde_json::Value> {
+/// The JSON fields of a classification: label, score, scores, tokens,
+/// truncated (shared by the wire format and `classify --json`).
+pub fn classification_fields(
+    c: &crate::Classification,
+) -> serde_json::Map<String, serde_json::Value> {
     let scores: serde_json::Map<String, serde_json::Value> = c
         .scores
         .iter()

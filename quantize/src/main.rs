@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use edge_bert::bundle::{Bundle, Source};
-use edge_bert::eval::{parse_tsv, Example};
+use edge_bert::eval::{read_tsv, Example};
 use edge_bert::manifest::{sha256_hex, FileEntry, Manifest};
 use edge_bert::tokenize::TextTokenizer;
 use edge_bert::Classifier;
@@ -127,17 +127,7 @@ fn main() -> ExitCode {
 }
 
 fn read_examples(path: &Path, labels: &[String]) -> Result<Vec<Example>, Failure> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Failure(4, format!("cannot read {}: {e}", path.display())))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| Failure(4, format!("{} is not valid UTF-8", path.display())))?;
-    parse_tsv(&text, labels).map_err(|(line, reason)| {
-        if line == 0 {
-            Failure(4, format!("{}: {reason}", path.display()))
-        } else {
-            Failure(4, format!("{}:{line}: {reason}", path.display()))
-        }
-    })
+    read_tsv(path, labels).map_err(fail(4))
 }
 
 fn bar(len: usize, what: &str) -> indicatif::ProgressBar {
@@ -391,6 +381,18 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         .name
         .clone()
         .unwrap_or_else(|| int8_name(&input.manifest.name));
+    // The source's identity, hashed once (the bound search rebuilds the
+    // bundle several times).
+    let source = json!({
+        "name": input.manifest.name,
+        "manifest_sha256": sha256_hex(&std::fs::read(cli.input.join("manifest.json")).unwrap_or_default()),
+        "model_sha256": sha256_hex(&input.model_bytes),
+    });
+    let calibration_sha256 = calibration_path
+        .as_ref()
+        .filter(|_| cli.mode == Mode::Static)
+        .and_then(|p| std::fs::read(p).ok())
+        .map(|b| sha256_hex(&b));
     let make_bundle = |bytes: &[u8],
                        summary: &graph::RewriteSummary,
                        opts: &RewriteOptions|
@@ -402,13 +404,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             "per_channel": opts.per_channel,
             "int8_embeddings": opts.embedding_min_values > 0,
             "calibration_method": (cli.mode == Mode::Static).then(|| format!("{:?}", cli.calibration_method).to_lowercase()),
-            "calibration_sha256": calibration_path.as_ref().filter(|_| cli.mode == Mode::Static)
-                .and_then(|p| std::fs::read(p).ok()).map(|b| sha256_hex(&b)),
-            "source": {
-                "name": input.manifest.name,
-                "manifest_sha256": sha256_hex(&std::fs::read(cli.input.join("manifest.json")).unwrap_or_default()),
-                "model_sha256": sha256_hex(&input.model_bytes),
-            },
+            "calibration_sha256": calibration_sha256,
+            "source": source,
             "quantized": summary.quantized.iter().map(|c| &c.node).collect::<Vec<_>>(),
             "kept_fp32": summary.kept_fp32.iter().map(|c| &c.node).collect::<Vec<_>>(),
             "int8_embeddings_tables": summary.embeddings.iter().map(|e| &e.0).collect::<Vec<_>>(),
