@@ -115,3 +115,127 @@ pub fn parse_classification(v: &Value, id: u64) -> Result<Classification> {
             .ok_or_else(|| bad("no truncated"))?,
     })
 }
+
+/// How often the serial client sends a request before giving up.
+const SERIAL_ATTEMPTS: usize = 4;
+
+/// The host side of `edge-bert classify --serial`: every frame it sends is
+/// checked (`*XXXXXXXX`, see [`crate::framing`]), every reply's check is
+/// verified, and a frame that was damaged either way is sent again.
+pub struct SerialClient {
+    reader: crate::protocol::LineReader<crate::serial::Port>,
+    write: crate::serial::Port,
+    next_id: u64,
+    timeout: std::time::Duration,
+    path: std::path::PathBuf,
+}
+
+impl SerialClient {
+    /// Opens the port and says hello (`{"op":"health"}`), which also puts
+    /// the server's end of the link into checked mode.
+    pub fn open(path: &Path, baud: u32, timeout: std::time::Duration) -> Result<SerialClient> {
+        let port = crate::serial::Port::open(path, baud)?;
+        let write = port.try_clone().map_err(|e| Error::io(path, e))?;
+        let mut c = SerialClient {
+            reader: crate::protocol::LineReader::new(port, 1 << 20),
+            write,
+            next_id: 0,
+            timeout,
+            path: path.to_path_buf(),
+        };
+        let v = c.request(json!({ "op": "health" }))?;
+        if v["status"] != "ok" {
+            return Err(Error::Remote {
+                code: "bad_response".into(),
+                message: format!("health check answered {v}"),
+            });
+        }
+        Ok(c)
+    }
+
+    /// Sends one request object (an `id` is added) and returns the reply to
+    /// it, resending when a frame is damaged or lost.
+    pub fn request(&mut self, mut req: Value) -> Result<Value> {
+        self.next_id += 1;
+        let id = json!(self.next_id);
+        req["id"] = id.clone();
+        let mut frame = req.to_string().into_bytes();
+        crate::framing::seal(&mut frame);
+        frame.push(b'\n');
+        let mut last = "no reply".to_string();
+        for attempt in 0..SERIAL_ATTEMPTS {
+            if attempt > 0 {
+                log::info!("serial: resending request {id} ({last})");
+            }
+            // The leading newline ends any noise the server holds, so our
+            // frame starts clean.
+            self.write
+                .write_all(b"\n")
+                .and_then(|_| self.write.write_all(&frame))
+                .and_then(|_| self.write.flush())
+                .map_err(|e| Error::io(&self.path, e))?;
+            match self.await_reply(&id)? {
+                Ok(v) => return Ok(v),
+                Err(why) => last = why,
+            }
+        }
+        Err(Error::Remote {
+            code: "corrupt".into(),
+            message: format!(
+                "no good reply from {} after {SERIAL_ATTEMPTS} attempts ({last})",
+                self.path.display()
+            ),
+        })
+    }
+
+    /// Waits for the reply carrying `id`. `Ok(Err(why))` means: send again.
+    fn await_reply(&mut self, id: &Value) -> Result<std::result::Result<Value, String>> {
+        use crate::framing::Frame;
+        use crate::protocol::Line;
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            let line = match self.reader.next_line() {
+                Ok(l) => l,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() >= deadline {
+                        return Ok(Err("timed out".into()));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(Error::io(&self.path, e)),
+            };
+            let body = match line {
+                Line::Eof => {
+                    return Err(Error::io(&self.path, std::io::ErrorKind::BrokenPipe.into()))
+                }
+                Line::TooLong => continue,
+                Line::Full(bytes) => match crate::framing::parse(bytes) {
+                    Frame::Blank => continue,
+                    Frame::Checked(body) => body,
+                    // A damaged reply: ours or not, ask again.
+                    Frame::Corrupt { .. } | Frame::Plain(_) => {
+                        return Ok(Err("damaged reply".into()))
+                    }
+                },
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(body) else {
+                return Ok(Err("unreadable reply".into()));
+            };
+            if &v["id"] == id {
+                return Ok(Ok(v));
+            }
+            // The server saw a damaged frame: if it was ours, send it again
+            // (a duplicate answer is skipped by its id).
+            if v["id"].is_null() && v["error"]["code"] == "corrupt" {
+                return Ok(Err("the server got a damaged frame".into()));
+            }
+            // Anything else answers an earlier frame: skip it.
+        }
+    }
+
+    /// Classifies one text on the device.
+    pub fn classify(&mut self, text: &str) -> Result<Classification> {
+        let v = self.request(json!({ "text": text }))?;
+        parse_classification(&v, self.next_id)
+    }
+}

@@ -30,8 +30,10 @@
 //!   `read_tsv`).
 //! - [`protocol`]: the JSON-lines wire format: a bounded line reader and
 //!   the request decoder, response encoders (pure).
-//! - [`server`]: `edge-bert serve`: Unix/TCP listeners, one inference worker
-//!   behind a bounded queue.
+//! - [`framing`]: the serial line's `*XXXXXXXX` CRC-32 suffix (pure).
+//! - [`serial`]: a tty opened raw with a read timeout (thin I/O).
+//! - [`server`]: `edge-bert serve`: Unix/TCP listeners and a serial port,
+//!   one inference worker behind a bounded queue.
 //! - [`error`]: the crate's [`Error`] type.
 //!
 //! The `edge-bert` binary (`src/main.rs`) is a thin command-line layer over
@@ -44,9 +46,11 @@ pub mod embedded;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod framing;
 pub mod manifest;
 pub mod postprocess;
 pub mod protocol;
+pub mod serial;
 pub mod server;
 pub mod tokenize;
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use edge_bert::client::Client;
+use edge_bert::client::{Client, SerialClient};
 use edge_bert::eval::{read_tsv, Confusion};
 use edge_bert::{server, Bundle, Classification, Classifier, Error};
 use serde_json::json;
@@ -48,7 +48,9 @@ enum Command {
     #[command(
         after_help = "Output: LABEL<TAB>score<TAB>text per text, or one JSON object per line with --json.\n\
         Examples:\n  edge-bert classify \"what a waste of two hours\"\n  \
-        edge-bert classify --json --model models/sentiment-fp32 < reviews.txt"
+        edge-bert classify --json --model models/sentiment-fp32 < reviews.txt\n  \
+        edge-bert classify --socket /run/edge-bert/edge-bert.sock \"great film\"\n  \
+        edge-bert classify --serial /dev/ttyUSB0 --baud 115200 \"great film\""
     )]
     Classify {
         /// Model bundle directory (default: the model embedded in this binary).
@@ -61,11 +63,17 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_name = "N,N,..")]
         buckets: Option<Vec<usize>>,
         /// Ask a running `edge-bert serve` on this Unix socket instead of loading a model.
-        #[arg(long, value_name = "PATH", conflicts_with_all = ["model", "buckets", "tcp"])]
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["model", "buckets", "tcp", "serial"])]
         socket: Option<PathBuf>,
         /// Ask a running `edge-bert serve` on this TCP address.
-        #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["model", "buckets"])]
+        #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["model", "buckets", "serial"])]
         tcp: Option<String>,
+        /// Ask an `edge-bert serve --serial` over this serial port (frames are CRC-checked).
+        #[arg(long, value_name = "DEV", conflicts_with_all = ["model", "buckets"])]
+        serial: Option<PathBuf>,
+        /// Baud rate for --serial.
+        #[arg(long, default_value_t = 115_200, value_name = "N", requires = "serial")]
+        baud: u32,
         /// Texts to classify; with none, read one text per line from stdin.
         texts: Vec<String>,
     },
@@ -73,14 +81,17 @@ enum Command {
     #[command(
         after_help = "Examples:\n  edge-bert serve --socket /tmp/edge-bert.sock\n  \
         edge-bert serve --tcp 127.0.0.1:7878 --max-clients 16\n  \
+        edge-bert serve --serial /dev/ttyGS0 --baud 115200\n  \
         echo '{\"id\":1,\"text\":\"great film\"}' | socat - UNIX-CONNECT:/tmp/edge-bert.sock\n\n\
+        With --serial and neither --socket nor --tcp, only the serial port is served.\n\
         SIGTERM or SIGINT: stop accepting, answer what was accepted, remove the socket, exit 0."
     )]
     Serve {
         /// Model bundle directory (default: the embedded model).
         #[arg(long, value_name = "DIR")]
         model: Option<PathBuf>,
-        /// Unix socket path (default: $XDG_RUNTIME_DIR/edge-bert.sock or /run/edge-bert/edge-bert.sock).
+        /// Unix socket path (default: $XDG_RUNTIME_DIR/edge-bert.sock or /run/edge-bert/edge-bert.sock,
+        /// unless only --serial is given).
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
         /// Also listen on TCP (loopback unless --allow-non-loopback).
@@ -104,6 +115,12 @@ enum Command {
         /// Refuse to start if peak memory after warm-up exceeds this.
         #[arg(long, value_name = "MiB")]
         memory_budget: Option<u64>,
+        /// Also serve this serial port (UART, USB gadget); reopened if it goes away.
+        #[arg(long, value_name = "DEV")]
+        serial: Option<PathBuf>,
+        /// Baud rate for --serial (8N1, raw).
+        #[arg(long, default_value_t = 115_200, value_name = "N", requires = "serial")]
+        baud: u32,
     },
     /// Measure accuracy on a labelled file (LABEL<TAB>text per line).
     #[command(
@@ -171,9 +188,17 @@ fn main() -> ExitCode {
             buckets,
             socket,
             tcp,
+            serial,
+            baud,
             texts,
-        } => open_backend(model.as_deref(), buckets.as_deref(), socket, tcp)
-            .and_then(|b| classify(b, json, texts)),
+        } => open_backend(
+            model.as_deref(),
+            buckets.as_deref(),
+            socket,
+            tcp,
+            serial.map(|p| (p, baud)),
+        )
+        .and_then(|b| classify(b, json, texts)),
         Command::Serve {
             model,
             socket,
@@ -184,15 +209,22 @@ fn main() -> ExitCode {
             queue,
             idle_timeout,
             memory_budget,
+            serial,
+            baud,
         } => serve(
             model.as_deref(),
             server::Config {
-                socket: Some(socket.unwrap_or_else(server::default_socket_path)),
+                socket: match (&socket, &tcp, &serial) {
+                    (None, None, Some(_)) => None,
+                    _ => Some(socket.unwrap_or_else(server::default_socket_path)),
+                },
                 tcp,
                 max_text_bytes,
                 max_clients,
                 queue,
                 idle_timeout: std::time::Duration::from_secs(idle_timeout),
+                serial,
+                baud,
             },
             allow_non_loopback,
             memory_budget,
@@ -222,7 +254,16 @@ fn open_backend(
     buckets: Option<&[usize]>,
     socket: Option<PathBuf>,
     tcp: Option<String>,
+    serial: Option<(PathBuf, u32)>,
 ) -> Result<Backend, Failure> {
+    if let Some((dev, baud)) = serial {
+        if let Err(e) = edge_bert::serial::check_baud(baud) {
+            return Err(Failure::new(2, e.to_string()));
+        }
+        return SerialClient::open(&dev, baud, SERIAL_TIMEOUT)
+            .map(Backend::Serial)
+            .map_err(|e| Failure::new(EXIT_MODEL, e.to_string()));
+    }
     let remote = match (socket, tcp) {
         (Some(p), _) => Client::unix(&p),
         (None, Some(a)) => Client::tcp(&a),
@@ -237,13 +278,18 @@ fn open_backend(
 enum Backend {
     Local(Box<Classifier>),
     Remote(Client),
+    Serial(SerialClient),
 }
+
+/// How long `classify --serial` waits for each reply before sending again.
+const SERIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Backend {
     fn classify(&mut self, text: &str) -> Result<Classification, Error> {
         match self {
             Backend::Local(c) => c.classify(text),
             Backend::Remote(c) => c.classify(text),
+            Backend::Serial(c) => c.classify(text),
         }
     }
 }
@@ -266,6 +312,9 @@ fn serve(
                 "listening on non-loopback {addr}: anyone who can reach it can use the model"
             );
         }
+    }
+    if cfg.serial.is_some() {
+        edge_bert::serial::check_baud(cfg.baud).map_err(|e| Failure::new(2, e.to_string()))?;
     }
     server::single_malloc_arena();
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::framing::{self, Frame};
 use crate::protocol::{
     decode_request, encode_classification, encode_error, encode_results, Line, LineReader, Op,
     Request,
@@ -38,6 +39,9 @@ pub struct Config {
     pub max_clients: usize,
     pub queue: usize,
     pub idle_timeout: Duration,
+    /// A serial port to serve as well (`--serial`), and its baud rate.
+    pub serial: Option<PathBuf>,
+    pub baud: u32,
 }
 
 /// The default Unix socket: `$XDG_RUNTIME_DIR/edge-bert.sock`, else
@@ -234,8 +238,17 @@ pub fn serve(mut clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Res
     if let Some(p) = &cfg.socket {
         log::info!("listening on {}", p.display());
     }
-    notify_ready();
     let mut handles = Vec::new();
+    if let Some(path) = cfg.serial.clone() {
+        let shared = shared.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name("serial".into())
+                .spawn(move || serial_loop(&shared, &path))
+                .map_err(|e| Error::io("serial thread", e))?,
+        );
+    }
+    notify_ready();
     while !shutdown.load(Ordering::SeqCst) {
         let mut accepted = false;
         if let Some(l) = &unix {
@@ -368,47 +381,160 @@ fn client_loop(
         idle_since = Instant::now();
         let response = match line {
             Line::Eof => return Ok(()),
-            Line::TooLong => {
-                shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                encode_error(
-                    &Value::Null,
-                    "too_long",
-                    &format!(
-                        "line longer than --max-text-bytes {}; discarded",
-                        shared.cfg.max_text_bytes
-                    ),
-                )
-            }
-            Line::Full(bytes) => match decode_request(bytes) {
-                Err(r) => {
-                    shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                    encode_error(&r.id, r.code.as_str(), &r.message)
-                }
-                Ok(Request::Op { id, op }) => respond_op(shared, &id, op),
-                Ok(Request::Classify { id, text }) => {
-                    shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
-                    match classify(shared, text, &reply_tx, &reply_rx) {
-                        Ok(c) => encode_classification(&id, &c),
-                        Err((code, msg)) => encode_error(&id, code, &msg),
-                    }
-                }
-                Ok(Request::ClassifyMany { id, texts }) => {
-                    shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
-                    let results: std::result::Result<Vec<_>, _> = texts
-                        .into_iter()
-                        .map(|t| classify(shared, t, &reply_tx, &reply_rx))
-                        .collect();
-                    match results {
-                        Ok(cs) => encode_results(&id, &cs),
-                        Err((code, msg)) => encode_error(&id, code, &msg),
-                    }
-                }
-            },
+            Line::TooLong => too_long(shared),
+            Line::Full(bytes) => respond(shared, bytes, &reply_tx, &reply_rx),
         };
         write.write_all(response.as_bytes())?;
         write.write_all(b"\n")?;
         write.flush()?;
     }
+}
+
+fn too_long(shared: &Shared) -> String {
+    shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    encode_error(
+        &Value::Null,
+        "too_long",
+        &format!(
+            "line longer than --max-text-bytes {}; discarded",
+            shared.cfg.max_text_bytes
+        ),
+    )
+}
+
+/// The response to one request line, whatever the transport.
+fn respond(
+    shared: &Shared,
+    bytes: &[u8],
+    reply_tx: &SyncSender<Reply>,
+    reply_rx: &mpsc::Receiver<Reply>,
+) -> String {
+    match decode_request(bytes) {
+        Err(r) => {
+            shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            encode_error(&r.id, r.code.as_str(), &r.message)
+        }
+        Ok(Request::Op { id, op }) => respond_op(shared, &id, op),
+        Ok(Request::Classify { id, text }) => {
+            shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            match classify(shared, text, reply_tx, reply_rx) {
+                Ok(c) => encode_classification(&id, &c),
+                Err((code, msg)) => encode_error(&id, code, &msg),
+            }
+        }
+        Ok(Request::ClassifyMany { id, texts }) => {
+            shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            let results: std::result::Result<Vec<_>, _> = texts
+                .into_iter()
+                .map(|t| classify(shared, t, reply_tx, reply_rx))
+                .collect();
+            match results {
+                Ok(cs) => encode_results(&id, &cs),
+                Err((code, msg)) => encode_error(&id, code, &msg),
+            }
+        }
+    }
+}
+
+/// How long to wait before opening a serial port again.
+const SERIAL_RETRY: Duration = Duration::from_millis(200);
+
+/// Serves the serial port until shutdown. When the port goes away (cable
+/// pulled, USB gadget reset, pty closed) it is reopened once it is back.
+fn serial_loop(shared: &Shared, path: &Path) {
+    let mut waiting = false;
+    while !shared.shutdown.load(Ordering::SeqCst) {
+        let port = match crate::serial::Port::open(path, shared.cfg.baud) {
+            Ok(p) => p,
+            Err(e) => {
+                if !waiting {
+                    log::warn!("serial: {e}; retrying until it is back");
+                    waiting = true;
+                }
+                std::thread::sleep(SERIAL_RETRY);
+                continue;
+            }
+        };
+        waiting = false;
+        log::info!(
+            "serial: {} open at {} baud",
+            path.display(),
+            shared.cfg.baud
+        );
+        match serial_session(shared, port) {
+            Ok(()) => break,
+            Err(e) => log::warn!("serial: {} lost ({e}); reopening", path.display()),
+        }
+    }
+    log::info!("serial: {} closed", path.display());
+}
+
+/// One open period of the serial port. `Ok` means shutdown; `Err` means the
+/// port went away.
+fn serial_session(shared: &Shared, port: crate::serial::Port) -> std::io::Result<()> {
+    let mut write = port.try_clone()?;
+    let mut reader = LineReader::new(port, shared.cfg.max_text_bytes + framing::SUFFIX_LEN);
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    // Once a checked frame has arrived, every line must be checked: a line
+    // without a suffix is then damage, not a person typing.
+    let mut checked_link = false;
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        if shared.shutdown.load(Ordering::SeqCst) {
+            let deadline = *stop_by.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+            if Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
+        let line = match reader.next_line() {
+            Ok(l) => l,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if shared.shutdown.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let (response, seal) = match line {
+            Line::Eof => return Err(std::io::ErrorKind::BrokenPipe.into()),
+            Line::TooLong => (too_long(shared), checked_link),
+            Line::Full(bytes) => match framing::parse(bytes) {
+                Frame::Blank => continue,
+                Frame::Checked(body) => {
+                    checked_link = true;
+                    (respond(shared, body, &reply_tx, &reply_rx), true)
+                }
+                Frame::Plain(body) if !checked_link => {
+                    (respond(shared, body, &reply_tx, &reply_rx), false)
+                }
+                Frame::Plain(_) => (corrupt(shared, "no *CRC suffix on a checked link"), true),
+                Frame::Corrupt { expected, actual } => {
+                    checked_link = true;
+                    let msg =
+                        format!("CRC mismatch: frame says {expected:08X}, body is {actual:08X}");
+                    (corrupt(shared, &msg), true)
+                }
+            },
+        };
+        let mut out = response.into_bytes();
+        if seal {
+            framing::seal(&mut out);
+        }
+        out.push(b'\n');
+        write.write_all(&out)?;
+        write.flush()?;
+    }
+}
+
+fn corrupt(shared: &Shared, message: &str) -> String {
+    shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    encode_error(&Value::Null, "corrupt", message)
 }
 
 type Reply = std::result::Result<crate::Classification, String>;

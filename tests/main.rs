@@ -7,6 +7,8 @@ mod bundle_errors;
 mod cli;
 #[path = "it/golden.rs"]
 mod golden;
+#[path = "it/serial.rs"]
+mod serial;
 #[path = "it/serve.rs"]
 mod serve;
 #[path = "it/util.rs"]

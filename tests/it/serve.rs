@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::util::*;
 
 /// A running server, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     socket: PathBuf,
     _dir: tempfile::TempDir,
@@ -24,7 +24,7 @@ impl Server {
         Server::start_at(dir, extra)
     }
 
-    fn start_at(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+    pub(crate) fn start_at(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let socket = dir.path().join("eb.sock");
         let mut args = vec!["serve", "--socket", socket.to_str().unwrap()];
         args.extend_from_slice(extra);
@@ -66,7 +66,26 @@ impl Server {
         panic!("server did not come up");
     }
 
-    fn connect(&self) -> Conn {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit status (which must be 0) and the log.
+    pub(crate) fn stop(&mut self) -> String {
+        self.signal(15);
+        let status = self.child.wait().unwrap();
+        let mut log = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        assert!(status.success(), "{status}: {log}");
+        log
+    }
+
+    pub(crate) fn connect(&self) -> Conn {
         let s = UnixStream::connect(&self.socket).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         Conn {
@@ -103,7 +122,7 @@ fn send_signal(pid: u32, sig: i32) {
     assert!(ok.success());
 }
 
-struct Conn {
+pub(crate) struct Conn {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
 }
@@ -121,7 +140,7 @@ impl Conn {
         serde_json::from_str(&line).unwrap()
     }
 
-    fn ask(&mut self, bytes: &[u8]) -> Value {
+    pub(crate) fn ask(&mut self, bytes: &[u8]) -> Value {
         self.send_raw(bytes);
         self.recv()
     }
