@@ -193,7 +193,7 @@ fn damage(rng: &mut Rng, frame: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn serial_client_matches_in_process_on_the_default_model() {
+fn serial_client_matches_in_process_and_resends_a_damaged_frame() {
     let dir = tempfile::tempdir().unwrap();
     let dev = dir.path().join("ttyDEV");
     let host = dir.path().join("ttyHOST");
@@ -205,17 +205,35 @@ fn serial_client_matches_in_process_on_the_default_model() {
     let cable = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let carry = |from: &mut Wire, to: &mut File| {
-                from.fill(Duration::from_millis(5));
-                if !from.pending.is_empty() {
-                    to.write_all(&from.pending).unwrap();
-                    from.pending.clear();
-                }
-            };
+            // It damages one byte on the way to the device: the first byte
+            // of the first text frame (after the hello's two newlines and
+            // the text frame's leading one), so the client must resend.
+            let mut newlines = 0;
+            let mut damaged = false;
+            let carry =
+                |from: &mut Wire, to: &mut File, damage: Option<(&mut usize, &mut bool)>| {
+                    from.fill(Duration::from_millis(5));
+                    if let Some((newlines, damaged)) = damage {
+                        for byte in from.pending.iter_mut() {
+                            if *newlines == 3 && !*damaged {
+                                *byte ^= 0x01;
+                                *damaged = true;
+                            }
+                            if *byte == b'\n' {
+                                *newlines += 1;
+                            }
+                        }
+                    }
+                    if !from.pending.is_empty() {
+                        to.write_all(&from.pending).unwrap();
+                        from.pending.clear();
+                    }
+                };
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                carry(&mut a, &mut b.master);
-                carry(&mut b, &mut a.master);
+                carry(&mut a, &mut b.master, None);
+                carry(&mut b, &mut a.master, Some((&mut newlines, &mut damaged)));
             }
+            damaged
         })
     };
     let texts = [
@@ -246,7 +264,11 @@ fn serial_client_matches_in_process_on_the_default_model() {
         assert!((rs - ls).abs() < 1e-6, "{rs} vs {ls}");
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    cable.join().unwrap();
+    assert!(cable.join().unwrap(), "the cable never damaged a frame");
+    // The damaged frame was reported and resent.
+    let mut conn = server.connect();
+    let m = conn.ask(br#"{"op":"metrics"}"#);
+    assert!(m["metrics"]["errors"].as_u64().unwrap() >= 1, "{m}");
     drop(server);
 }
 
