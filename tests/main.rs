@@ -11,5 +11,7 @@ mod golden;
 mod serial;
 #[path = "it/serve.rs"]
 mod serve;
+#[path = "it/tokenizer.rs"]
+mod tokenizer;
 #[path = "it/util.rs"]
 mod util;

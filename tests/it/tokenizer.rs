@@ -1,0 +1,148 @@
+//! The WordPiece tokenizer against the Hugging Face `tokenizers` crate, the
+//! reference it reproduces: token for token on every committed text, on
+//! hand-picked edge cases and on random Unicode.
+
+use std::path::Path;
+
+use edge_bert::tokenize::TextTokenizer;
+use proptest::prelude::*;
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+use crate::util::*;
+
+fn pair(dir: &Path, max_len: usize) -> (TextTokenizer, Tokenizer) {
+    let bytes = std::fs::read(dir.join("tokenizer.json")).unwrap();
+    let ours = TextTokenizer::from_bytes(&bytes, max_len).unwrap();
+    let mut hf = Tokenizer::from_bytes(&bytes).unwrap();
+    hf.with_truncation(Some(TruncationParams {
+        max_length: max_len,
+        ..Default::default()
+    }))
+    .unwrap();
+    hf.with_padding(None::<PaddingParams>);
+    (ours, hf)
+}
+
+fn check(ours: &TextTokenizer, hf: &Tokenizer, text: &str) -> Result<(), String> {
+    let want = hf.encode(text, true).unwrap();
+    let got = ours.encode(text).unwrap();
+    if got.ids != want.get_ids() {
+        return Err(format!(
+            "{text:?}:\n ours {:?}\n   hf {:?}",
+            got.ids,
+            want.get_ids()
+        ));
+    }
+    let want_truncated = !want.get_overflowing().is_empty();
+    if got.truncated != want_truncated {
+        return Err(format!("{text:?}: truncated {}", got.truncated));
+    }
+    Ok(())
+}
+
+const EDGE_CASES: &[&str] = &[
+    "",
+    " ",
+    "\t\n\r",
+    "Hello, World!",
+    "don't stop--ever...",
+    "Café naïve résumé ÉCOLE",
+    "東京タワーは高い",
+    "中文字符和English混合",
+    "مرحبا بالعالم",
+    "Здравствуй, мир",
+    "👩‍👩‍👧‍👦 family 🎬🍿 movie",
+    "zero\u{200b}width\u{200d}joiner",
+    "control\u{0007}chars\u{0000}and\u{fffd}replacement",
+    "a [SEP] b [CLS][MASK]",
+    "[UNK]x[PAD]",
+    "ﬁne ligature and Ⅻ roman",
+    "ǅungla İstanbul ΣΊΣΥΦΟΣ",
+    "e\u{301}\u{327}\u{302} stacked accents",
+    "supercalifragilisticexpialidociousandthensomemoreletterstomakeitlongerthanonehundredcharactersintotalxyz",
+    "x\u{0300}\u{0301}\u{0302}\u{0303}\u{0304}\u{0305}\u{0306}\u{0307} many marks",
+    "tabs\tand\u{00a0}nbsp\u{2003}em space",
+];
+
+#[test]
+fn matches_hf_on_every_committed_text_and_edge_cases() {
+    for (dir, max_len) in [(fp32_dir(), 128), (tiny_dir(), 32)] {
+        let (ours, hf) = pair(&dir, max_len);
+        let mut texts: Vec<String> = EDGE_CASES.iter().map(|s| s.to_string()).collect();
+        for file in ["test.tsv", "calibration.tsv"] {
+            let path = dir.join(file);
+            if let Ok(data) = std::fs::read_to_string(&path) {
+                texts.extend(
+                    data.lines()
+                        .filter_map(|l| l.split_once('\t').map(|(_, t)| t.to_string())),
+                );
+            }
+        }
+        texts.extend(references(&dir).into_iter().map(|r| r.text));
+        let mut failures = Vec::new();
+        for t in &texts {
+            if let Err(e) = check(&ours, &hf, t) {
+                failures.push(e);
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} texts differ for {}:\n{}",
+            failures.len(),
+            texts.len(),
+            dir.display(),
+            failures[..failures.len().min(5)].join("\n")
+        );
+        eprintln!(
+            "tokenizer parity: {} texts on {}",
+            texts.len(),
+            dir.display()
+        );
+    }
+}
+
+fn real() -> &'static (TextTokenizer, Tokenizer) {
+    static P: std::sync::OnceLock<(TextTokenizer, Tokenizer)> = std::sync::OnceLock::new();
+    P.get_or_init(|| pair(&fp32_dir(), 24))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Random strings from every Unicode plane, with extra weight on the
+    /// characters the normaliser treats specially.
+    #[test]
+    fn matches_hf_on_random_unicode(
+        text in prop::collection::vec(prop_oneof![
+            4 => any::<char>(),
+            4 => prop::char::range('a', 'z'),
+            2 => prop::sample::select(vec![' ', '\t', '\n', '\u{a0}', '\u{3000}', '.', ',', '!', '-', '\'', '#', '[', ']']),
+            2 => prop::char::range('\u{300}', '\u{36f}'),
+            1 => prop::char::range('\u{4e00}', '\u{4e40}'),
+            1 => prop::char::range('\u{c0}', '\u{17f}'),
+            1 => prop::char::range('\u{1f300}', '\u{1f6ff}'),
+            1 => prop::sample::select(vec!['\u{0}', '\u{7}', '\u{fffd}', '\u{200b}', '\u{200d}', '\u{feff}']),
+        ], 0..60)
+        .prop_map(|cs| cs.into_iter().collect::<String>()),
+    ) {
+        let (ours, hf) = real();
+        if let Err(e) = check(ours, hf, &text) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+
+    /// Random words glued with added tokens.
+    #[test]
+    fn matches_hf_around_added_tokens(
+        parts in prop::collection::vec(prop_oneof![
+            "[a-zA-Z ]{0,8}",
+            prop::sample::select(vec!["[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]", "[SE", "P]"]).prop_map(String::from),
+        ], 0..10),
+    ) {
+        let (ours, hf) = real();
+        let text: String = parts.concat();
+        if let Err(e) = check(ours, hf, &text) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
