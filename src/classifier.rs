@@ -7,7 +7,24 @@ use crate::engine::{Engine, ModelFormat};
 use crate::error::{Error, Result};
 use crate::manifest::{check_buckets, Manifest};
 use crate::postprocess::{argmax, softmax_into};
-use crate::tokenize::TextTokenizer;
+use crate::tokenize::{Scratch, TextTokenizer};
+
+/// Most labels a model may have (the fixed size of [`Outcome::probs`]).
+pub const MAX_LABELS: usize = 256;
+
+/// The result of classifying one text, in fixed-size memory: what the
+/// serving loop passes around without allocating.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Index of the winning label (manifest order).
+    pub best: usize,
+    /// Probability of every label, in manifest order.
+    pub probs: heapless::Vec<f32, MAX_LABELS>,
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+    /// Whether the text was cut to the model's maximum length.
+    pub truncated: bool,
+}
 
 /// The result of classifying one text.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,6 +50,10 @@ pub struct Classifier {
     source: crate::bundle::Source,
     tokenizer: TextTokenizer,
     engine: Engine,
+    // Working buffers, sized at load time and reused for every text.
+    scratch: Scratch,
+    ids: Vec<u32>,
+    logits: Vec<f32>,
 }
 
 impl Classifier {
@@ -50,6 +71,12 @@ impl Classifier {
             }
             None => m.effective_buckets(),
         };
+        if m.labels.len() > MAX_LABELS {
+            return Err(Error::InvalidArgument(format!(
+                "{} labels; at most {MAX_LABELS} are supported",
+                m.labels.len()
+            )));
+        }
         let tokenizer = TextTokenizer::from_bytes(&bundle.tokenizer_bytes, m.max_seq_len)?;
         let format = ModelFormat::from_file_name(&m.model)?;
         let engine = Engine::load(&bundle.model_bytes, format, &buckets, m.labels.len())?;
@@ -63,8 +90,11 @@ impl Classifier {
         Ok(Classifier {
             manifest: m.clone(),
             source: bundle.source.clone(),
+            ids: Vec::with_capacity(tokenizer.ids_capacity()),
             tokenizer,
             engine,
+            scratch: Scratch::new(),
+            logits: vec![0.0; m.labels.len()],
         })
     }
 
@@ -97,28 +127,58 @@ impl Classifier {
 
     /// Logits for a text, with no check for emptiness.
     pub fn logits(&mut self, text: &str) -> Result<(Vec<f32>, usize, bool)> {
-        let enc = self.tokenizer.encode(text)?;
-        let logits = self.engine.logits(&enc.ids)?;
-        Ok((logits, enc.ids.len(), enc.truncated))
+        let truncated = self.run(text)?;
+        Ok((self.logits.clone(), self.ids.len(), truncated))
+    }
+
+    /// Tokenises `text` into `self.ids` and runs it into `self.logits`.
+    fn run(&mut self, text: &str) -> Result<bool> {
+        let truncated = self
+            .tokenizer
+            .encode_into(text, &mut self.scratch, &mut self.ids);
+        self.engine.logits_into(&self.ids, &mut self.logits)?;
+        Ok(truncated)
+    }
+
+    /// Classifies one text into fixed-size memory. Outside tract's own run
+    /// this allocates nothing (the serving loop's path). An empty (or all
+    /// white-space) text is an error.
+    pub fn classify_outcome(&mut self, text: &str) -> Result<Outcome> {
+        if text.trim().is_empty() {
+            return Err(Error::EmptyText);
+        }
+        let truncated = self.run(text)?;
+        let mut probs = heapless::Vec::new();
+        probs
+            .resize(self.logits.len(), 0.0)
+            .map_err(|_| Error::Model("too many labels".into()))?;
+        softmax_into(&self.logits, &mut probs);
+        let best =
+            argmax(&probs).ok_or_else(|| Error::Model("the model produced NaN logits".into()))?;
+        Ok(Outcome {
+            best,
+            probs,
+            tokens: self.ids.len(),
+            truncated,
+        })
     }
 
     /// Classifies one text. An empty (or all white-space) text is an error.
     pub fn classify(&mut self, text: &str) -> Result<Classification> {
-        if text.trim().is_empty() {
-            return Err(Error::EmptyText);
-        }
-        let (logits, tokens, truncated) = self.logits(text)?;
-        let mut probs = vec![0.0; logits.len()];
-        softmax_into(&logits, &mut probs);
-        let best =
-            argmax(&probs).ok_or_else(|| Error::Model("the model produced NaN logits".into()))?;
+        let o = self.classify_outcome(text)?;
         Ok(Classification {
-            label: self.manifest.labels[best].clone(),
-            score: probs[best],
-            scores: self.manifest.labels.iter().cloned().zip(probs).collect(),
-            logits,
-            tokens,
-            truncated,
+            label: self.manifest.labels[o.best].clone(),
+            score: o.probs[o.best],
+            scores: self
+                .manifest
+                .labels
+                .iter()
+                .cloned()
+                .zip(o.probs.iter().copied())
+                .collect(),
+            logits: self.logits.clone(),
+            tokens: o.tokens,
+            truncated: o.truncated,
         })
     }
 }

@@ -46,6 +46,9 @@ pub struct ModelStats {
 struct BucketPlan {
     len: usize,
     state: TypedSimpleState,
+    /// One `[1, len]` i64 tensor per model input, allocated once and
+    /// refilled for every text (tract drops its references after a run).
+    inputs: Vec<Arc<Tensor>>,
 }
 
 /// A ready-to-run model: a plan and a reusable state per length bucket.
@@ -127,7 +130,11 @@ impl Engine {
                 .and_then(|m| m.into_runnable())
                 .map_err(|e| Error::Model(format!("building the plan for length {len}: {e:?}")))?;
             let state = plan.spawn().map_err(Error::model)?;
-            plans.push(BucketPlan { len, state });
+            let inputs = (0..roles.len())
+                .map(|_| Tensor::zero::<i64>(&[1, len]).map(Arc::new))
+                .collect::<TractResult<Vec<_>>>()
+                .map_err(Error::model)?;
+            plans.push(BucketPlan { len, state, inputs });
         }
         let mut engine = Engine {
             plans,
@@ -137,13 +144,7 @@ impl Engine {
             stats,
         };
         // Check the output width once, on the smallest bucket.
-        let probe = engine.logits(&[0, 0])?;
-        if probe.len() != n_labels {
-            return Err(Error::Model(format!(
-                "model gives {} logits but the manifest has {n_labels} labels",
-                probe.len()
-            )));
-        }
+        engine.logits(&[0, 0])?;
         Ok(engine)
     }
 
@@ -171,6 +172,15 @@ impl Engine {
     /// and returns its logits. The sequence is padded to its bucket with
     /// attention mask 0.
     pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.n_outputs];
+        self.logits_into(ids, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs `ids` (special tokens included) through the smallest bucket
+    /// that holds them and writes the logits into `out`, which must have
+    /// one slot per label. Outside tract's own run this allocates nothing.
+    pub fn logits_into(&mut self, ids: &[u32], out: &mut [f32]) -> Result<()> {
         let bucket = self.bucket_for(ids.len()).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{} tokens exceed the largest bucket {}",
@@ -181,27 +191,45 @@ impl Engine {
         let plan = &mut self.plans[bucket];
         let len = plan.len;
         let mut inputs: TVec<TValue> = TVec::new();
-        for role in &self.roles {
-            let mut t = Tensor::zero::<i64>(&[1, len]).map_err(Error::model)?;
-            {
-                let mut view = t.try_as_plain_ram_mut().map_err(Error::model)?;
-                let v = view.as_slice_mut::<i64>().map_err(Error::model)?;
-                match role {
-                    InputRole::Ids => {
-                        for (d, &s) in v.iter_mut().zip(ids) {
-                            *d = s as i64;
-                        }
-                    }
-                    InputRole::Mask => v[..ids.len()].fill(1),
-                    InputRole::TypeIds => {}
-                }
+        for (slot, role) in plan.inputs.iter_mut().zip(&self.roles) {
+            if Arc::get_mut(slot).is_none() {
+                // Still shared (tract kept a reference): start a new one.
+                log::debug!("engine: input tensor still shared; reallocating");
+                *slot = Arc::new(Tensor::zero::<i64>(&[1, len]).map_err(Error::model)?);
             }
-            inputs.push(t.into_tvalue());
+            let t = Arc::get_mut(slot).expect("tensor not shared");
+            let mut view = t.try_as_plain_ram_mut().map_err(Error::model)?;
+            let v = view.as_slice_mut::<i64>().map_err(Error::model)?;
+            let n = ids.len();
+            match role {
+                InputRole::Ids => {
+                    for (d, &s) in v.iter_mut().zip(ids) {
+                        *d = s as i64;
+                    }
+                    v[n..].fill(0);
+                }
+                InputRole::Mask => {
+                    v[..n].fill(1);
+                    v[n..].fill(0);
+                }
+                InputRole::TypeIds => v.fill(0),
+            }
+            inputs.push(slot.clone().into_tvalue());
         }
-        let out = plan.state.run(inputs).map_err(Error::model)?;
-        let view = out[0].try_as_plain_ram().map_err(Error::model)?;
+        let state = &mut plan.state;
+        let result = crate::alloc_probe::tract_run(|| state.run(inputs));
+        let outputs = result.map_err(Error::model)?;
+        let view = outputs[0].try_as_plain_ram().map_err(Error::model)?;
         let logits = view.as_slice::<f32>().map_err(Error::model)?;
-        Ok(logits.to_vec())
+        if logits.len() != out.len() {
+            return Err(Error::Model(format!(
+                "model gives {} logits but the manifest has {} labels",
+                logits.len(),
+                out.len()
+            )));
+        }
+        out.copy_from_slice(logits);
+        Ok(())
     }
 }
 

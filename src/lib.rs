@@ -34,11 +34,14 @@
 //! - [`serial`]: a tty opened raw with a read timeout (thin I/O).
 //! - [`server`]: `edge-bert serve`: Unix/TCP listeners and a serial port,
 //!   one inference worker behind a bounded queue.
+//! - [`alloc_probe`]: thread markers that let a test's counting allocator
+//!   tell the serving loop's allocations from tract's.
 //! - [`error`]: the crate's [`Error`] type.
 //!
 //! The `edge-bert` binary (`src/main.rs`) is a thin command-line layer over
 //! these modules.
 
+pub mod alloc_probe;
 pub mod bundle;
 pub mod classifier;
 pub mod client;
@@ -55,6 +58,6 @@ pub mod server;
 pub mod tokenize;
 
 pub use bundle::Bundle;
-pub use classifier::{Classification, Classifier};
+pub use classifier::{Classification, Classifier, Outcome};
 pub use error::{Error, Result};
 pub use manifest::Manifest;

@@ -90,8 +90,52 @@ fn refuse(id: serde_json::Value, code: ErrorCode, message: impl Into<String>) ->
     }
 }
 
-/// Decodes one request line (without its newline).
-pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
+/// A decoded request that borrows from its line: the id and texts are the
+/// raw JSON tokens, so decoding copies and allocates nothing.
+// The `texts` variant holds its 64 slots inline: boxing it would allocate on
+// every request, which is what this type exists to avoid.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Req<'a> {
+    Classify {
+        id: Option<&'a RawValue>,
+        /// A JSON string token (quotes and escapes included); see [`unescape`].
+        text: &'a RawValue,
+    },
+    ClassifyMany {
+        id: Option<&'a RawValue>,
+        texts: heapless::Vec<&'a RawValue, MAX_TEXTS>,
+    },
+    Op {
+        id: Option<&'a RawValue>,
+        op: Op,
+    },
+}
+
+pub use serde_json::value::RawValue;
+
+#[derive(serde::Deserialize)]
+struct WireRequest<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    texts: Option<&'a RawValue>,
+}
+
+/// The id as an owned value, for error responses.
+fn owned_id(id: Option<&RawValue>) -> serde_json::Value {
+    id.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Decodes one request line (without its newline). Texts are checked
+/// (strings, not empty, valid escapes) by unescaping them into `scratch`;
+/// the successful path allocates nothing.
+pub fn decode<'a>(line: &'a [u8], scratch: &mut String) -> Result<Req<'a>, Refusal> {
     use serde_json::Value;
     let text = std::str::from_utf8(line).map_err(|e| {
         refuse(
@@ -100,79 +144,248 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| refuse(Value::Null, ErrorCode::MalformedJson, e.to_string()))?;
-    let Value::Object(mut obj) = value else {
-        return Err(refuse(
-            Value::Null,
-            ErrorCode::NotAnObject,
-            "a request must be a JSON object",
-        ));
+    // serde would also read a struct from an array: only objects pass.
+    let is_object = text.trim_start().starts_with('{');
+    let wire: WireRequest = match serde_json::from_str(text) {
+        Ok(w) if is_object => w,
+        // Slow path, errors only: say why.
+        Ok(_) => {
+            return Err(refuse(
+                Value::Null,
+                ErrorCode::NotAnObject,
+                "a request must be a JSON object",
+            ))
+        }
+        Err(e) => {
+            return Err(match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(_)) => {
+                    refuse(Value::Null, ErrorCode::MalformedJson, e.to_string())
+                }
+                Ok(_) => refuse(
+                    Value::Null,
+                    ErrorCode::NotAnObject,
+                    "a request must be a JSON object",
+                ),
+                Err(e) => refuse(Value::Null, ErrorCode::MalformedJson, e.to_string()),
+            })
+        }
     };
-    let id = obj.remove("id").unwrap_or(Value::Null);
-    if let Some(op) = obj.get("op") {
-        let op = match op.as_str() {
-            Some("health") => Op::Health,
-            Some("info") => Op::Info,
-            Some("metrics") => Op::Metrics,
-            _ => {
+    let id = wire.id;
+    if let Some(op) = wire.op {
+        let op = match op.get() {
+            r#""health""# => Op::Health,
+            r#""info""# => Op::Info,
+            r#""metrics""# => Op::Metrics,
+            other => {
                 return Err(refuse(
-                    id,
+                    owned_id(id),
                     ErrorCode::UnknownOp,
-                    format!("unknown op {op}; expected health, info or metrics"),
+                    format!("unknown op {other}; expected health, info or metrics"),
                 ))
             }
         };
-        return Ok(Request::Op { id, op });
+        return Ok(Req::Op { id, op });
     }
-    if let Some(texts) = obj.remove("texts") {
-        let Value::Array(items) = texts else {
-            return Err(refuse(
-                id,
-                ErrorCode::MissingText,
-                "texts must be an array of strings",
-            ));
+    if let Some(texts) = wire.texts {
+        let items: heapless::Vec<&RawValue, MAX_TEXTS> = match serde_json::from_str(texts.get()) {
+            Ok(items) => items,
+            Err(_) if texts.get().starts_with('[') => {
+                let n = serde_json::from_str::<Vec<&RawValue>>(texts.get()).map_or(0, |v| v.len());
+                return Err(refuse(
+                    owned_id(id),
+                    ErrorCode::TooManyTexts,
+                    format!("{n} texts; at most {MAX_TEXTS} per request"),
+                ));
+            }
+            Err(_) => {
+                return Err(refuse(
+                    owned_id(id),
+                    ErrorCode::MissingText,
+                    "texts must be an array of strings",
+                ))
+            }
         };
         if items.is_empty() {
-            return Err(refuse(id, ErrorCode::MissingText, "texts is empty"));
-        }
-        if items.len() > MAX_TEXTS {
             return Err(refuse(
-                id,
-                ErrorCode::TooManyTexts,
-                format!("{} texts; at most {MAX_TEXTS} per request", items.len()),
+                owned_id(id),
+                ErrorCode::MissingText,
+                "texts is empty",
             ));
         }
-        let mut out = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            match item {
-                Value::String(t) if t.trim().is_empty() => {
-                    return Err(refuse(
-                        id,
-                        ErrorCode::EmptyText,
-                        format!("texts[{i}] is empty"),
-                    ))
-                }
-                Value::String(t) => out.push(t),
-                _ => {
-                    return Err(refuse(
-                        id,
-                        ErrorCode::MissingText,
-                        format!("texts[{i}] is not a string"),
-                    ))
+        for (i, item) in items.iter().enumerate() {
+            check_text(item, scratch)
+                .map_err(|(code, msg)| refuse(owned_id(id), code, format!("texts[{i}] {msg}")))?;
+        }
+        return Ok(Req::ClassifyMany { id, texts: items });
+    }
+    match wire.text {
+        Some(t) => {
+            check_text(t, scratch)
+                .map_err(|(code, msg)| refuse(owned_id(id), code, format!("text {msg}")))?;
+            Ok(Req::Classify { id, text: t })
+        }
+        None => Err(refuse(
+            owned_id(id),
+            ErrorCode::MissingText,
+            "missing \"text\"",
+        )),
+    }
+}
+
+/// Unescapes a text into `scratch` and checks it is a non-blank string.
+fn check_text(raw: &RawValue, scratch: &mut String) -> Result<(), (ErrorCode, &'static str)> {
+    if !raw.get().starts_with('"') {
+        return Err((ErrorCode::MissingText, "must be a string"));
+    }
+    unescape(raw, scratch).map_err(|_| (ErrorCode::MalformedJson, "has an invalid escape"))?;
+    if scratch.trim().is_empty() {
+        return Err((ErrorCode::EmptyText, "is empty"));
+    }
+    Ok(())
+}
+
+/// A JSON token that is not a valid string (see [`unescape`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidString;
+
+/// Writes the value of a JSON string token into `out` (cleared first).
+/// `out` grows only if its capacity is smaller than the token. `Err` for a
+/// token that is not a valid JSON string (such as a lone surrogate escape).
+pub fn unescape(raw: &RawValue, out: &mut String) -> Result<(), InvalidString> {
+    out.clear();
+    let s = raw.get();
+    let body = s
+        .strip_prefix('"')
+        .and_then(|b| b.strip_suffix('"'))
+        .ok_or(InvalidString)?;
+    let mut rest = body;
+    while let Some(pos) = rest.find('\\') {
+        out.push_str(&rest[..pos]);
+        let esc = &rest[pos + 1..];
+        let mut chars = esc.chars();
+        let c = chars.next().ok_or(InvalidString)?;
+        let mut used = 1;
+        let ch = match c {
+            '"' => '"',
+            '\\' => '\\',
+            '/' => '/',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'u' => {
+                let hex = |s: &str| -> Result<u32, InvalidString> {
+                    let h = s.get(..4).ok_or(InvalidString)?;
+                    if !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(InvalidString);
+                    }
+                    u32::from_str_radix(h, 16).map_err(|_| InvalidString)
+                };
+                let hi = hex(&esc[1..])?;
+                used = 5;
+                match hi {
+                    0xD800..=0xDBFF => {
+                        let tail = esc.get(5..).ok_or(InvalidString)?;
+                        let lo = tail.strip_prefix("\\u").ok_or(InvalidString).and_then(hex)?;
+                        if !(0xDC00..=0xDFFF).contains(&lo) {
+                            return Err(InvalidString);
+                        }
+                        used = 11;
+                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)).ok_or(InvalidString)?
+                    }
+                    0xDC00..=0xDFFF => return Err(InvalidString),
+                    _ => char::from_u32(hi).ok_or(InvalidString)?,
                 }
             }
-        }
-        return Ok(Request::ClassifyMany { id, texts: out });
+            _ => return Err(InvalidString),
+        };
+        out.push(ch);
+        rest = &esc[used..];
     }
-    match obj.remove("text") {
-        Some(Value::String(t)) if t.trim().is_empty() => {
-            Err(refuse(id, ErrorCode::EmptyText, "text is empty"))
+    out.push_str(rest);
+    Ok(())
+}
+
+/// Decodes one request line into an owned [`Request`] (allocates; for
+/// tools and tests, the server uses [`decode`]).
+pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
+    let mut scratch = String::new();
+    let owned = |r: &RawValue, scratch: &mut String| -> String {
+        unescape(r, scratch).expect("checked by decode");
+        scratch.clone()
+    };
+    Ok(match decode(line, &mut scratch)? {
+        Req::Classify { id, text } => Request::Classify {
+            id: owned_id(id),
+            text: owned(text, &mut scratch),
+        },
+        Req::ClassifyMany { id, texts } => Request::ClassifyMany {
+            id: owned_id(id),
+            texts: texts.iter().map(|t| owned(t, &mut scratch)).collect(),
+        },
+        Req::Op { id, op } => Request::Op {
+            id: owned_id(id),
+            op,
+        },
+    })
+}
+
+/// Writes a raw id (or `null`).
+fn write_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
+    out.extend_from_slice(id.map_or("null", |r| r.get()).as_bytes());
+}
+
+/// The labels as JSON string tokens, escaped once at start-up.
+pub fn label_tokens(labels: &[String]) -> Vec<String> {
+    labels
+        .iter()
+        .map(|l| serde_json::Value::from(l.as_str()).to_string())
+        .collect()
+}
+
+/// Writes the fields of an outcome: `"label":..,"score":..,"scores":{..},
+/// "tokens":..,"truncated":..` (no braces). `labels` come from
+/// [`label_tokens`]. Allocates nothing once `out` has the capacity.
+pub fn write_outcome(out: &mut Vec<u8>, o: &crate::Outcome, labels: &[String]) {
+    use std::io::Write;
+    out.extend_from_slice(b"\"label\":");
+    out.extend_from_slice(labels[o.best].as_bytes());
+    let _ = write!(out, ",\"score\":{},\"scores\":{{", o.probs[o.best]);
+    for (i, (l, p)) in labels.iter().zip(&o.probs).enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        Some(Value::String(text)) => Ok(Request::Classify { id, text }),
-        Some(_) => Err(refuse(id, ErrorCode::MissingText, "text must be a string")),
-        None => Err(refuse(id, ErrorCode::MissingText, "missing \"text\"")),
+        out.extend_from_slice(l.as_bytes());
+        let _ = write!(out, ":{p}");
     }
+    let _ = write!(
+        out,
+        "}},\"tokens\":{},\"truncated\":{}",
+        o.tokens, o.truncated
+    );
+}
+
+/// Writes `{"id":..,` then the outcome's fields and `}`.
+pub fn write_classification(
+    out: &mut Vec<u8>,
+    id: Option<&RawValue>,
+    o: &crate::Outcome,
+    labels: &[String],
+) {
+    out.extend_from_slice(b"{\"id\":");
+    write_id(out, id);
+    out.push(b',');
+    write_outcome(out, o, labels);
+    out.push(b'}');
+}
+
+/// Writes the opening of a `texts` response, `{"id":..,"results":[`; each
+/// result is then `{fields}` (comma-separated) and the end is `]}`.
+pub fn write_results_start(out: &mut Vec<u8>, id: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"id\":");
+    write_id(out, id);
+    out.extend_from_slice(b",\"results\":[");
 }
 
 /// The JSON fields of a classification: label, score, scores, tokens,
@@ -192,22 +405,6 @@ pub fn classification_fields(
     m.insert("tokens".into(), c.tokens.into());
     m.insert("truncated".into(), c.truncated.into());
     m
-}
-
-/// The response line for a classified text (no trailing newline).
-pub fn encode_classification(id: &serde_json::Value, c: &crate::Classification) -> String {
-    let mut m = classification_fields(c);
-    m.insert("id".into(), id.clone());
-    serde_json::Value::Object(m).to_string()
-}
-
-/// The response line for a `texts` request: `{"id": .., "results": [..]}`.
-pub fn encode_results(id: &serde_json::Value, cs: &[crate::Classification]) -> String {
-    let results: Vec<serde_json::Value> = cs
-        .iter()
-        .map(|c| serde_json::Value::Object(classification_fields(c)))
-        .collect();
-    serde_json::json!({ "id": id, "results": results }).to_string()
 }
 
 /// The response line for a refused or failed request (no trailing newline).
@@ -366,6 +563,55 @@ mod tests {
         );
     }
 
+    #[test]
+    fn writes_classifications_as_json() {
+        let labels = label_tokens(&["NEG".to_string(), "POS \"quoted\"".to_string()]);
+        let mut probs = heapless::Vec::new();
+        probs.extend_from_slice(&[0.25, 0.75]).unwrap();
+        let o = crate::Outcome {
+            best: 1,
+            probs,
+            tokens: 12,
+            truncated: false,
+        };
+        let mut out = Vec::with_capacity(512);
+        let mut scratch = String::new();
+        let line = br#"{"id": {"a": [1, 2]}, "text": "x"}"#;
+        let Req::Classify { id, .. } = decode(line, &mut scratch).unwrap() else {
+            panic!()
+        };
+        write_classification(&mut out, id, &o, &labels);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"id": {"a": [1, 2]}, "label": "POS \"quoted\"", "score": 0.75,
+            "scores": {"NEG": 0.25, "POS \"quoted\"": 0.75}, "tokens": 12, "truncated": false})
+        );
+        out.clear();
+        write_results_start(&mut out, None);
+        out.push(b'{');
+        write_outcome(&mut out, &o, &labels);
+        out.extend_from_slice(b"}]}");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], json!(null));
+        assert_eq!(v["results"][0]["tokens"], 12);
+    }
+
+    #[test]
+    fn escaped_texts_are_decoded() {
+        assert_eq!(
+            decode_request(br#"{"text": "caf\u00e9 \"ok\" \ud83c\udfac"}"#).unwrap(),
+            Request::Classify {
+                id: json!(null),
+                text: "café \"ok\" 🎬".into()
+            }
+        );
+        let code = |l: &[u8]| decode_request(l).unwrap_err().code;
+        assert_eq!(code(br#"{"text": "\ud800"}"#), ErrorCode::MalformedJson);
+        assert_eq!(code(br#"{"text": "\u0020\t"}"#), ErrorCode::EmptyText);
+        assert_eq!(code(br#"{"op": 3}"#), ErrorCode::UnknownOp);
+    }
+
     /// Collects every step of a reader fed `input` in chunks of `chunk` bytes.
     /// Every other read fails with `WouldBlock` (as a socket read time-out
     /// does); the caller retries, and the result must not change.
@@ -437,6 +683,34 @@ mod tests {
                 }
             }
             prop_assert_eq!(lines(&input, max, chunk), want);
+        }
+
+        /// Any string, escaped by serde_json, unescapes back to itself.
+        #[test]
+        fn unescape_round_trips(text in "\\PC*|[\\x00-\\x20\"\\\\/\u{80}-\u{10ffff}]*") {
+            let raw = serde_json::value::to_raw_value(&text).unwrap();
+            let mut out = String::new();
+            unescape(&raw, &mut out).unwrap();
+            prop_assert_eq!(out, text);
+        }
+
+        /// On any valid JSON string token, unescape agrees with serde_json
+        /// (including refusing lone surrogates).
+        #[test]
+        fn unescape_agrees_with_serde_json(
+            parts in prop::collection::vec(prop_oneof![
+                "[a-z \u{e9}\u{1f600}]{0,3}",
+                prop::sample::select(vec!["\\n", "\\\"", "\\\\", "\\/", "\\b", "\\u0041", "\\u00e9",
+                    "\\ud83d\\ude00", "\\ud83d", "\\ude00", "\\uD800\\u0041", "\\u0000"]).prop_map(String::from),
+            ], 0..8),
+        ) {
+            let token = format!("\"{}\"", parts.concat());
+            let Ok(raw) = serde_json::from_str::<&RawValue>(&token) else { return Ok(()) };
+            let mut out = String::new();
+            match serde_json::from_str::<String>(&token) {
+                Ok(want) => { unescape(raw, &mut out).unwrap(); prop_assert_eq!(out, want); }
+                Err(_) => prop_assert!(unescape(raw, &mut out).is_err(), "{}", token),
+            }
         }
 
         #[test]

@@ -17,10 +17,10 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::framing::{self, Frame};
 use crate::protocol::{
-    decode_request, encode_classification, encode_error, encode_results, Line, LineReader, Op,
-    Request,
+    decode, encode_error, label_tokens, unescape, write_classification, write_outcome,
+    write_results_start, Line, LineReader, Op, RawValue, Req, MAX_TEXTS,
 };
-use crate::Classifier;
+use crate::{Classifier, Outcome};
 
 /// How often blocked loops look at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
@@ -100,10 +100,16 @@ impl Metrics {
     }
 }
 
+/// A text for the worker. The text buffer belongs to the connection: it
+/// travels to the worker and comes back with the reply, so no request
+/// allocates one.
 struct Job {
     text: String,
-    reply: SyncSender<std::result::Result<crate::Classification, String>>,
+    reply: SyncSender<Reply>,
 }
+
+/// The text buffer, handed back, and the outcome.
+type Reply = (String, std::result::Result<Outcome, String>);
 
 struct Shared {
     jobs: Mutex<Option<SyncSender<Job>>>,
@@ -112,6 +118,37 @@ struct Shared {
     shutdown: Arc<AtomicBool>,
     clients: AtomicUsize,
     cfg: Config,
+    /// Labels as JSON string tokens, escaped once.
+    labels: Vec<String>,
+    /// Response buffer capacity that no classification response exceeds
+    /// (unless its id is longer than the line limit allows).
+    out_capacity: usize,
+}
+
+/// One connection's buffers, allocated when it opens and reused for every
+/// request on it.
+struct Session {
+    /// The text buffer (away at the worker while a text is in flight).
+    text: Option<String>,
+    /// Decoder scratch (checks escapes and emptiness).
+    scratch: String,
+    /// The response being built.
+    out: Vec<u8>,
+    reply_tx: SyncSender<Reply>,
+    reply_rx: mpsc::Receiver<Reply>,
+}
+
+impl Session {
+    fn new(shared: &Shared) -> Session {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        Session {
+            text: Some(String::with_capacity(shared.cfg.max_text_bytes + 8)),
+            scratch: String::with_capacity(shared.cfg.max_text_bytes + 8),
+            out: Vec::with_capacity(shared.out_capacity),
+            reply_tx,
+            reply_rx,
+        }
+    }
 }
 
 /// Binds a Unix socket at `path`: a live server there is an error; a stale
@@ -211,6 +248,8 @@ pub fn serve(mut clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Res
         "version": env!("CARGO_PKG_VERSION"),
     });
     let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue.max(1));
+    let labels = label_tokens(&clf.manifest().labels);
+    let per_result = 96 + labels.iter().map(|l| l.len() + 24).sum::<usize>();
     let shared = Arc::new(Shared {
         jobs: Mutex::new(Some(tx)),
         metrics: Metrics::new(),
@@ -218,19 +257,22 @@ pub fn serve(mut clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Res
         shutdown: shutdown.clone(),
         clients: AtomicUsize::new(0),
         cfg: cfg.clone(),
+        out_capacity: cfg.max_text_bytes + 64 + MAX_TEXTS * per_result,
+        labels,
     });
 
     let worker_shared = shared.clone();
     let worker = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
+            crate::alloc_probe::mark_loop_thread();
             // Ends when every sender is gone: after shutdown and the queue is drained.
             while let Ok(job) = rx.recv() {
                 worker_shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
                 let started = Instant::now();
-                let r = clf.classify(&job.text).map_err(|e| e.to_string());
+                let r = clf.classify_outcome(&job.text).map_err(|e| e.to_string());
                 worker_shared.metrics.record(started.elapsed());
-                let _ = job.reply.send(r);
+                let _ = job.reply.send((job.text, r));
             }
         })
         .map_err(|e| Error::io("inference thread", e))?;
@@ -244,7 +286,10 @@ pub fn serve(mut clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Res
         handles.push(
             std::thread::Builder::new()
                 .name("serial".into())
-                .spawn(move || serial_loop(&shared, &path))
+                .spawn(move || {
+                    crate::alloc_probe::mark_loop_thread();
+                    serial_loop(&shared, &path)
+                })
                 .map_err(|e| Error::io("serial thread", e))?,
         );
     }
@@ -310,6 +355,7 @@ impl Conn {
 fn spawn_client(shared: &Arc<Shared>, conn: Conn) -> std::thread::JoinHandle<()> {
     let shared = shared.clone();
     std::thread::spawn(move || {
+        crate::alloc_probe::mark_loop_thread();
         let Ok((read, mut write)) = conn.split() else {
             return;
         };
@@ -339,7 +385,7 @@ fn client_loop(
     write: &mut Box<dyn Write + Send>,
 ) -> std::io::Result<()> {
     let mut reader = LineReader::new(read, shared.cfg.max_text_bytes);
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let mut session = Session::new(shared);
     let mut idle_since = Instant::now();
     let mut stop_by: Option<Instant> = None;
     loop {
@@ -379,13 +425,16 @@ fn client_loop(
             Err(e) => return Err(e),
         };
         idle_since = Instant::now();
-        let response = match line {
+        match line {
             Line::Eof => return Ok(()),
-            Line::TooLong => too_long(shared),
-            Line::Full(bytes) => respond(shared, bytes, &reply_tx, &reply_rx),
-        };
-        write.write_all(response.as_bytes())?;
-        write.write_all(b"\n")?;
+            Line::TooLong => {
+                session.out.clear();
+                session.out.extend_from_slice(too_long(shared).as_bytes());
+            }
+            Line::Full(bytes) => respond(shared, bytes, &mut session),
+        }
+        session.out.push(b'\n');
+        write.write_all(&session.out)?;
         write.flush()?;
     }
 }
@@ -402,36 +451,62 @@ fn too_long(shared: &Shared) -> String {
     )
 }
 
-/// The response to one request line, whatever the transport.
-fn respond(
-    shared: &Shared,
-    bytes: &[u8],
-    reply_tx: &SyncSender<Reply>,
-    reply_rx: &mpsc::Receiver<Reply>,
-) -> String {
-    match decode_request(bytes) {
+/// Writes the response to one request line into `session.out`, whatever
+/// the transport. A classification allocates nothing here (see
+/// `tests/it/alloc.rs`); ops and errors may.
+fn respond(shared: &Shared, bytes: &[u8], session: &mut Session) {
+    session.out.clear();
+    let req = match decode(bytes, &mut session.scratch) {
+        Ok(r) => r,
         Err(r) => {
             shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            encode_error(&r.id, r.code.as_str(), &r.message)
+            let e = encode_error(&r.id, r.code.as_str(), &r.message);
+            session.out.extend_from_slice(e.as_bytes());
+            return;
         }
-        Ok(Request::Op { id, op }) => respond_op(shared, &id, op),
-        Ok(Request::Classify { id, text }) => {
+    };
+    let failed = |session: &mut Session, id: Option<&RawValue>, code: &str, msg: &str| {
+        let id = id
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or(Value::Null);
+        session.out.clear();
+        session
+            .out
+            .extend_from_slice(encode_error(&id, code, msg).as_bytes());
+    };
+    match req {
+        Req::Op { id, op } => {
+            let id = id
+                .and_then(|r| serde_json::from_str(r.get()).ok())
+                .unwrap_or(Value::Null);
+            session
+                .out
+                .extend_from_slice(respond_op(shared, &id, op).as_bytes());
+        }
+        Req::Classify { id, text } => {
             shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
-            match classify(shared, text, reply_tx, reply_rx) {
-                Ok(c) => encode_classification(&id, &c),
-                Err((code, msg)) => encode_error(&id, code, &msg),
+            match classify(shared, text, session) {
+                Ok(o) => write_classification(&mut session.out, id, &o, &shared.labels),
+                Err((code, msg)) => failed(session, id, code, &msg),
             }
         }
-        Ok(Request::ClassifyMany { id, texts }) => {
+        Req::ClassifyMany { id, texts } => {
             shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
-            let results: std::result::Result<Vec<_>, _> = texts
-                .into_iter()
-                .map(|t| classify(shared, t, reply_tx, reply_rx))
-                .collect();
-            match results {
-                Ok(cs) => encode_results(&id, &cs),
-                Err((code, msg)) => encode_error(&id, code, &msg),
+            write_results_start(&mut session.out, id);
+            for (i, text) in texts.iter().enumerate() {
+                match classify(shared, text, session) {
+                    Ok(o) => {
+                        if i > 0 {
+                            session.out.push(b',');
+                        }
+                        session.out.push(b'{');
+                        write_outcome(&mut session.out, &o, &shared.labels);
+                        session.out.push(b'}');
+                    }
+                    Err((code, msg)) => return failed(session, id, code, &msg),
+                }
             }
+            session.out.extend_from_slice(b"]}");
         }
     }
 }
@@ -474,7 +549,7 @@ fn serial_loop(shared: &Shared, path: &Path) {
 fn serial_session(shared: &Shared, port: crate::serial::Port) -> std::io::Result<()> {
     let mut write = port.try_clone()?;
     let mut reader = LineReader::new(port, shared.cfg.max_text_bytes + framing::SUFFIX_LEN);
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let mut session = Session::new(shared);
     // Once a checked frame has arrived, every line must be checked: a line
     // without a suffix is then damage, not a person typing.
     let mut checked_link = false;
@@ -501,33 +576,47 @@ fn serial_session(shared: &Shared, port: crate::serial::Port) -> std::io::Result
             }
             Err(e) => return Err(e),
         };
-        let (response, seal) = match line {
+        let out = &mut session.out;
+        let seal = match line {
             Line::Eof => return Err(std::io::ErrorKind::BrokenPipe.into()),
-            Line::TooLong => (too_long(shared), checked_link),
+            Line::TooLong => {
+                out.clear();
+                out.extend_from_slice(too_long(shared).as_bytes());
+                checked_link
+            }
             Line::Full(bytes) => match framing::parse(bytes) {
                 Frame::Blank => continue,
                 Frame::Checked(body) => {
                     checked_link = true;
-                    (respond(shared, body, &reply_tx, &reply_rx), true)
+                    respond(shared, body, &mut session);
+                    true
                 }
                 Frame::Plain(body) if !checked_link => {
-                    (respond(shared, body, &reply_tx, &reply_rx), false)
+                    respond(shared, body, &mut session);
+                    false
                 }
-                Frame::Plain(_) => (corrupt(shared, "no *CRC suffix on a checked link"), true),
+                Frame::Plain(_) => {
+                    out.clear();
+                    out.extend_from_slice(
+                        corrupt(shared, "no *CRC suffix on a checked link").as_bytes(),
+                    );
+                    true
+                }
                 Frame::Corrupt { expected, actual } => {
                     checked_link = true;
                     let msg =
                         format!("CRC mismatch: frame says {expected:08X}, body is {actual:08X}");
-                    (corrupt(shared, &msg), true)
+                    out.clear();
+                    out.extend_from_slice(corrupt(shared, &msg).as_bytes());
+                    true
                 }
             },
         };
-        let mut out = response.into_bytes();
         if seal {
-            framing::seal(&mut out);
+            framing::seal(&mut session.out);
         }
-        out.push(b'\n');
-        write.write_all(&out)?;
+        session.out.push(b'\n');
+        write.write_all(&session.out)?;
         write.flush()?;
     }
 }
@@ -537,15 +626,13 @@ fn corrupt(shared: &Shared, message: &str) -> String {
     encode_error(&Value::Null, "corrupt", message)
 }
 
-type Reply = std::result::Result<crate::Classification, String>;
-
-/// Runs one text through the worker; `Err` is (error code, message).
+/// Runs one text (a JSON string token) through the worker; `Err` is
+/// (error code, message).
 fn classify(
     shared: &Shared,
-    text: String,
-    tx: &SyncSender<Reply>,
-    rx: &mpsc::Receiver<Reply>,
-) -> std::result::Result<crate::Classification, (&'static str, String)> {
+    text: &RawValue,
+    session: &mut Session,
+) -> std::result::Result<Outcome, (&'static str, String)> {
     let sender = shared
         .jobs
         .lock()
@@ -554,21 +641,33 @@ fn classify(
     let Some(sender) = sender else {
         return Err(("shutting_down", "the server is stopping".into()));
     };
+    let mut buf = session
+        .text
+        .take()
+        .unwrap_or_else(|| String::with_capacity(shared.cfg.max_text_bytes + 8));
+    if unescape(text, &mut buf).is_err() {
+        session.text = Some(buf);
+        return Err(("malformed_json", "text has an invalid escape".into()));
+    }
     shared.metrics.queued.fetch_add(1, Ordering::Relaxed);
-    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sender.try_send(Job {
-        text,
-        reply: tx.clone(),
-    }) {
+    let job = Job {
+        text: buf,
+        reply: session.reply_tx.clone(),
+    };
+    if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = sender.try_send(job) {
+        session.text = Some(job.text);
         shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
         shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
         return Err(("busy", "the request queue is full; try again".into()));
     }
     loop {
-        match rx.recv_timeout(TICK) {
-            Ok(Ok(c)) => return Ok(c),
-            Ok(Err(e)) => {
-                shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(("model_error", e));
+        match session.reply_rx.recv_timeout(TICK) {
+            Ok((buf, result)) => {
+                session.text = Some(buf);
+                return result.map_err(|e| {
+                    shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    ("model_error", e)
+                });
             }
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => {

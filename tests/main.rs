@@ -1,6 +1,8 @@
 //! The one integration-test binary: shared helpers in `it/util.rs`, one
 //! module per area. Model tests use the committed bundles under `models/`.
 
+#[path = "it/alloc.rs"]
+mod alloc;
 #[path = "it/bundle_errors.rs"]
 mod bundle_errors;
 #[path = "it/cli.rs"]
@@ -15,3 +17,7 @@ mod serve;
 mod tokenizer;
 #[path = "it/util.rs"]
 mod util;
+
+/// Counts allocations on the server's loop threads (see `it/alloc.rs`).
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;

@@ -1,0 +1,179 @@
+//! Heap allocations per request on the serving loop, counted.
+//!
+//! The test binary's global allocator counts every allocation made on a
+//! thread the server marks as a loop thread (client, serial and inference
+//! threads; see `edge_bert::alloc_probe`), split into those made inside
+//! tract's plan run and all the others. A real server (`server::serve`, in
+//! this process, on a real Unix socket, with the default int8 model) is
+//! warmed up, then answers requests of mixed lengths. The loop's own count
+//! over them must be zero; tract's is printed.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_bert::alloc_probe::{in_tract_run, on_loop_thread};
+use edge_bert::{server, Bundle, Classifier};
+
+pub struct Counting;
+
+static LOOP_ALLOCS: AtomicU64 = AtomicU64::new(0);
+static LOOP_BYTES: AtomicU64 = AtomicU64::new(0);
+static TRACT_ALLOCS: AtomicU64 = AtomicU64::new(0);
+static TRACT_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Set `EDGE_BERT_ALLOC_TRACE=1` to print where loop allocations happen.
+static TRACE: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count(size: usize) {
+    if !on_loop_thread() {
+        return;
+    }
+    if in_tract_run() {
+        TRACT_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        TRACT_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    } else {
+        LOOP_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        LOOP_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+        if TRACE.load(Ordering::Relaxed) && !IN_TRACE.with(Cell::get) {
+            IN_TRACE.with(|c| c.set(true));
+            eprintln!(
+                "loop allocation of {size} bytes at:\n{}",
+                std::backtrace::Backtrace::force_capture()
+            );
+            IN_TRACE.with(|c| c.set(false));
+        }
+    }
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+fn snapshot() -> (u64, u64, u64, u64) {
+    (
+        LOOP_ALLOCS.load(Ordering::SeqCst),
+        LOOP_BYTES.load(Ordering::SeqCst),
+        TRACT_ALLOCS.load(Ordering::SeqCst),
+        TRACT_BYTES.load(Ordering::SeqCst),
+    )
+}
+
+#[test]
+fn serving_loop_allocates_nothing_per_request() {
+    let bundle = Bundle::embedded().expect("embedded model").unwrap();
+    let labels = bundle.manifest.labels.clone();
+    let mut clf = Classifier::new(&bundle, None).unwrap();
+    server::warm_up(&mut clf).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("alloc.sock");
+    let cfg = server::Config {
+        socket: Some(socket.clone()),
+        tcp: None,
+        max_text_bytes: 16384,
+        max_clients: 4,
+        queue: 8,
+        idle_timeout: Duration::from_secs(600),
+        serial: None,
+        baud: 115_200,
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let server = {
+        let shutdown = shutdown.clone();
+        std::thread::spawn(move || server::serve(clf, cfg, shutdown))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        match UnixStream::connect(&socket) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("server did not come up: {e}"),
+        }
+    };
+
+    // Requests of mixed lengths from the test split, some with escapes and
+    // some with several texts, serialised before counting starts.
+    let data = std::fs::read_to_string(crate::util::fp32_dir().join("test.tsv")).unwrap();
+    let texts: Vec<&str> = data
+        .lines()
+        .filter_map(|l| l.split_once('\t').map(|(_, t)| t))
+        .collect();
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for (i, t) in texts.iter().enumerate().take(700) {
+        let req = match i % 10 {
+            0 => serde_json::json!({"id": i, "texts": [t, "café \"ok\" 🎬", t]}),
+            1 => serde_json::json!({"id": {"n": i, "tag": "x"}, "text": format!("{t}\n\t\u{e9}")}),
+            2 if i % 30 == 2 => serde_json::json!({"id": i, "text": t.repeat(8)}),
+            _ => serde_json::json!({"id": i, "text": t}),
+        };
+        let mut line = serde_json::to_vec(&req).unwrap();
+        line.push(b'\n');
+        lines.push(line);
+    }
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::with_capacity(1 << 16);
+    let mut ask = |req: &[u8]| {
+        writer.write_all(req).unwrap();
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.contains("\"label\""), "{line}");
+    };
+    let (warm, measured) = lines.split_at(100);
+    for req in warm {
+        ask(req);
+    }
+    TRACE.store(
+        std::env::var_os("EDGE_BERT_ALLOC_TRACE").is_some(),
+        Ordering::SeqCst,
+    );
+    let before = snapshot();
+    for req in measured {
+        ask(req);
+    }
+    let after = snapshot();
+    TRACE.store(false, Ordering::SeqCst);
+    shutdown.store(true, Ordering::SeqCst);
+    server.join().unwrap().unwrap();
+
+    let n = measured.len() as u64;
+    let (loop_allocs, loop_bytes) = (after.0 - before.0, after.1 - before.1);
+    let (tract_allocs, tract_bytes) = (after.2 - before.2, after.3 - before.3);
+    eprintln!(
+        "alloc: {n} requests ({} labels): loop path {loop_allocs} allocations ({loop_bytes} B); \
+         tract's plan run {tract_allocs} allocations ({:.1} per request, {:.1} KiB per request)",
+        labels.len(),
+        tract_allocs as f64 / n as f64,
+        tract_bytes as f64 / n as f64 / 1024.0,
+    );
+    assert_eq!(
+        loop_allocs, 0,
+        "the serving loop allocated {loop_allocs} times ({loop_bytes} B) over {n} requests; \
+         rerun with EDGE_BERT_ALLOC_TRACE=1 to see where"
+    );
+    assert!(tract_allocs > 0, "the probe saw no tract run at all");
+}
