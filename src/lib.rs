@@ -3,7 +3,9 @@
 //!
 //! A *bundle* (a directory with `manifest.json`, a model and a
 //! `tokenizer.json`) is verified against the SHA-256 sums in its manifest,
-//! tokenised with the Hugging Face tokenizer, and run by tract with one
+//! tokenised by the crate's own BERT WordPiece tokenizer (token for token
+//! the same as Hugging Face `tokenizers`, but allocation-free), and run by
+//! tract with one
 //! optimised fixed-shape plan per length bucket. All plans and their states
 //! are built once at load time and reused for every text, so memory is known
 //! at start-up and short texts cost less compute than long ones.
@@ -21,7 +23,8 @@
 //! - [`bundle`]: reading a bundle from a directory or from the binary, with
 //!   every file checked by size and SHA-256.
 //! - [`embedded`]: the default model compiled in (`embedded-model` feature).
-//! - [`tokenize`]: the bundle's tokenizer, truncating at `max_seq_len` (pure).
+//! - [`tokenize`]: BERT WordPiece from the bundle's `tokenizer.json`,
+//!   truncating at `max_seq_len`, writing into reused buffers (pure).
 //! - [`engine`]: tract plans and states, one per length bucket.
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
 //! - [`classifier`]: text in, [`Classification`] out.

@@ -287,12 +287,16 @@ pub fn unescape(raw: &RawValue, out: &mut String) -> Result<(), InvalidString> {
                 match hi {
                     0xD800..=0xDBFF => {
                         let tail = esc.get(5..).ok_or(InvalidString)?;
-                        let lo = tail.strip_prefix("\\u").ok_or(InvalidString).and_then(hex)?;
+                        let lo = tail
+                            .strip_prefix("\\u")
+                            .ok_or(InvalidString)
+                            .and_then(hex)?;
                         if !(0xDC00..=0xDFFF).contains(&lo) {
                             return Err(InvalidString);
                         }
                         used = 11;
-                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)).ok_or(InvalidString)?
+                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+                            .ok_or(InvalidString)?
                     }
                     0xDC00..=0xDFFF => return Err(InvalidString),
                     _ => char::from_u32(hi).ok_or(InvalidString)?,
