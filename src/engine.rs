@@ -52,6 +52,16 @@ struct BucketPlan {
 }
 
 /// A ready-to-run model: a plan and a reusable state per length bucket.
+/// Whether [`Engine::load`] optimises the buckets' plans on parallel
+/// threads: faster start-up (about 2x on 2 cores), higher peak memory while
+/// loading. `serve` turns it off so its peak stays low.
+static PARALLEL_BUILD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets whether plans are built in parallel (see [`Engine::load`]).
+pub fn set_parallel_build(on: bool) {
+    PARALLEL_BUILD.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub struct Engine {
     plans: Vec<BucketPlan>,
     roles: Vec<InputRole>,
@@ -120,8 +130,9 @@ impl Engine {
             .map_err(Error::model)?;
         let stats = describe(&typed);
 
-        let mut plans = Vec::with_capacity(buckets.len());
-        for &len in buckets {
+        // Each bucket's plan is optimised on its own thread (this is most of
+        // the load time, and the buckets are independent).
+        let build = |len: usize| -> Result<BucketPlan> {
             let mut subs = std::collections::HashMap::new();
             subs.insert(seq.clone(), (len as i64).to_dim());
             let plan = typed
@@ -134,8 +145,29 @@ impl Engine {
                 .map(|_| Tensor::zero::<i64>(&[1, len]).map(Arc::new))
                 .collect::<TractResult<Vec<_>>>()
                 .map_err(Error::model)?;
-            plans.push(BucketPlan { len, state, inputs });
-        }
+            Ok(BucketPlan { len, state, inputs })
+        };
+        let plans = if !PARALLEL_BUILD.load(std::sync::atomic::Ordering::Relaxed) {
+            buckets
+                .iter()
+                .map(|&len| build(len))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = buckets
+                    .iter()
+                    .map(|&len| std::thread::Builder::new().spawn_scoped(s, move || build(len)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.map_err(|e| Error::io("plan builder thread", e))?
+                            .join()
+                            .map_err(|_| Error::Model("a plan builder panicked".into()))?
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })?
+        };
         let mut engine = Engine {
             plans,
             roles,

@@ -355,6 +355,9 @@ fn serve(
         edge_bert::serial::check_baud(cfg.baud).map_err(|e| Failure::new(2, e.to_string()))?;
     }
     server::single_malloc_arena();
+    // Sequential plan building: a slower start, but a lower peak for
+    // --memory-budget and the board.
+    edge_bert::engine::set_parallel_build(false);
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())
