@@ -1,35 +1,49 @@
 #!/usr/bin/env bash
 # Cross-build edge-bert for a board on an x86-64 Debian/Ubuntu host.
 #
-#   cross/build.sh aarch64|armv7 [--release]
+#   cross/build.sh aarch64|armv7 [--release] [--tests]
 #
-# aarch64: Raspberry Pi 4/5, Jetson (target aarch64-unknown-linux-gnu).
+# aarch64: Raspberry Pi 4/5, Jetson (target aarch64-unknown-linux-gnu),
+#          linked against glibc 2.27 (Jetson Nano's L4T, Ubuntu 18.04).
 # armv7:   32-bit Raspberry Pi OS on a Pi 3 / Zero 2, with NEON
-#          (target thumbv7neon-unknown-linux-gnueabihf).
+#          (target thumbv7neon-unknown-linux-gnueabihf), glibc 2.28 (buster).
 #
-# Installs what is missing: the Rust target (rustup) and Debian's cross gcc
-# and qemu-user (apt). Linkers, C compilers and qemu runners come from
-# .cargo/config.toml. Prints the binary's path, its stripped size and the
-# highest GLIBC_ symbol version it needs.
+# Linking uses `cargo zigbuild`: zig links against the glibc version named in
+# the target suffix (`.2.27`), so the binary runs on old board images although
+# this host's glibc and Debian's cross glibc (2.36) are newer. ziglang and
+# cargo-zigbuild come from PyPI into $HOME/.cache/edge-bert/zig-venv.
+# Debian's cross binutils (strip, objdump) and qemu-user (with the cross
+# glibc under /usr/<triple> as its library root) are installed from apt if
+# missing, and the Rust target from rustup.
+#
+# --tests also builds the test binaries (for cross/test.sh). Prints the
+# binary's path, its stripped size and the highest GLIBC_ version it needs,
+# and fails if that is above the floor.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage() { echo "usage: cross/build.sh aarch64|armv7 [--release]" >&2; exit 2; }
+usage() { echo "usage: cross/build.sh aarch64|armv7 [--release] [--tests]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 case "$1" in
-  aarch64) TARGET=aarch64-unknown-linux-gnu; GCC=gcc-aarch64-linux-gnu; PREFIX=aarch64-linux-gnu ;;
-  armv7) TARGET=thumbv7neon-unknown-linux-gnueabihf; GCC=gcc-arm-linux-gnueabihf; PREFIX=arm-linux-gnueabihf ;;
+  aarch64) TARGET=aarch64-unknown-linux-gnu; GLIBC_FLOOR=2.27; GCC=gcc-aarch64-linux-gnu; PREFIX=aarch64-linux-gnu; QEMU=qemu-aarch64 ;;
+  armv7) TARGET=thumbv7neon-unknown-linux-gnueabihf; GLIBC_FLOOR=2.28; GCC=gcc-arm-linux-gnueabihf; PREFIX=arm-linux-gnueabihf; QEMU=qemu-arm ;;
   *) usage ;;
 esac
+shift
 PROFILE=debug
-CARGO_ARGS=()
-if [ "${2:-}" = "--release" ]; then PROFILE=release; CARGO_ARGS+=(--release);
-elif [ $# -ge 2 ]; then usage; fi
+CARGO_ARGS=(--bin edge-bert)
+for a in "$@"; do
+  case "$a" in
+    --release) PROFILE=release; CARGO_ARGS+=(--release) ;;
+    --tests) TESTS=1 ;;
+    *) usage ;;
+  esac
+done
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 missing=()
 command -v "$PREFIX-gcc" >/dev/null || missing+=("$GCC")
-command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
+command -v "$QEMU" >/dev/null || missing+=(qemu-user)
 command -v "$PREFIX-objdump" >/dev/null || missing+=("binutils-$PREFIX")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
@@ -39,15 +53,34 @@ fi
 if ! rustup target list --installed | grep -qx "$TARGET"; then
   rustup target add "$TARGET"
 fi
+ZIG_VENV="$HOME/.cache/edge-bert/zig-venv"
+if [ ! -x "$ZIG_VENV/bin/cargo-zigbuild" ]; then
+  echo "installing ziglang and cargo-zigbuild into $ZIG_VENV" >&2
+  python3 -m venv "$ZIG_VENV"
+  "$ZIG_VENV/bin/pip" install -q "ziglang==0.17.1" "cargo-zigbuild==0.24.1"
+fi
+export PATH="$ZIG_VENV/bin:$PATH"
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-bert/target}"
+# Cross builds keep their own target dir (EDGE_BERT_CROSS_TARGET_DIR).
+export CARGO_TARGET_DIR="${EDGE_BERT_CROSS_TARGET_DIR:-$HOME/.cache/edge-bert/target-cross}"
 cd "$ROOT"
-cargo build --target "$TARGET" --bin edge-bert "${CARGO_ARGS[@]}"
+if [ -n "${TESTS:-}" ]; then
+  # The test build also links the binary (the tests spawn it), with the
+  # dev-dependencies' features unified in, so it is built only this way.
+  cargo-zigbuild test --target "$TARGET.$GLIBC_FLOOR" -p edge-bert --no-run \
+    $([ "$PROFILE" = release ] && echo --release)
+else
+  cargo-zigbuild zigbuild --target "$TARGET.$GLIBC_FLOOR" "${CARGO_ARGS[@]}"
+fi
 BIN="$CARGO_TARGET_DIR/$TARGET/$PROFILE/edge-bert"
 STRIPPED="$(mktemp)"
 "$PREFIX-strip" -o "$STRIPPED" "$BIN"
 GLIBC="$("$PREFIX-objdump" -T "$BIN" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)"
 echo "binary        $BIN"
 echo "stripped size $(stat -c %s "$STRIPPED") bytes (embedded model included)"
-echo "highest glibc $GLIBC"
+echo "highest glibc $GLIBC (floor $GLIBC_FLOOR)"
 rm -f "$STRIPPED"
+if [ "$(printf '%s\n%s\n' "${GLIBC#GLIBC_}" "$GLIBC_FLOOR" | sort -V | tail -1)" != "$GLIBC_FLOOR" ]; then
+  echo "error: $BIN needs $GLIBC, above the glibc $GLIBC_FLOOR floor" >&2
+  exit 1
+fi

@@ -7,6 +7,8 @@ mod alloc;
 mod bundle_errors;
 #[path = "it/cli.rs"]
 mod cli;
+#[path = "it/deploy.rs"]
+mod deploy;
 #[path = "it/golden.rs"]
 mod golden;
 #[path = "it/serial.rs"]

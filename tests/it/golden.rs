@@ -1,33 +1,68 @@
 //! Golden tests: the Rust engine against logits and token ids computed by
 //! the recipe (ONNX Runtime and the Python tokenizer), for the tiny and the
-//! real fp32 bundle.
+//! real fp32 bundle, and against ONNX Runtime running the committed int8
+//! bundle (`tests/fixtures/int8-reference.jsonl`).
+
+use std::path::{Path, PathBuf};
 
 use crate::util::*;
 
 const TOLERANCE: f32 = 1e-4;
 
-fn check_logits(dir: std::path::PathBuf) {
+/// Int8 logits may differ between engines and kernels. The reference pads
+/// each text to its bucket as the engine does (dynamic quantisation takes an
+/// activation's scale from the whole tensor, padding included), yet a value
+/// near a rounding step can still land on the other side of it when the f32
+/// parts (exp, tanh, sums) differ in the last bits, as they do between
+/// ONNX Runtime and tract, and between tract's x86, aarch64 and armv7
+/// kernels. Measured worst |diff| over the 80 texts: x86 0.074, aarch64
+/// (qemu cortex-a72) 0.074, armv7 (qemu) 0.179; median at most 0.002.
+const INT8_TOLERANCE: f32 = 0.25;
+
+fn check_logits(dir: PathBuf) {
     let refs = references(&dir);
+    check_logits_against(dir, &refs, TOLERANCE);
+}
+
+fn check_logits_against(dir: PathBuf, refs: &[Reference], tolerance: f32) {
     assert!(!refs.is_empty());
-    let mut clf = classifier(dir).lock().unwrap();
-    let mut worst = 0.0f32;
-    for r in &refs {
-        let (logits, tokens, truncated) = clf.logits(&r.text).unwrap();
-        assert_eq!(tokens, r.input_ids.len(), "token count for {:?}", r.text);
-        assert_eq!(truncated, r.truncated, "truncation flag for {:?}", r.text);
-        assert_eq!(logits.len(), r.logits.len());
-        for (a, b) in logits.iter().zip(&r.logits) {
-            let d = (a - b).abs();
-            worst = worst.max(d);
-            assert!(
-                d <= TOLERANCE,
-                "{:?}: rust {logits:?} vs reference {:?}",
-                r.text,
-                r.logits
-            );
+    let mut diffs = Vec::new();
+    let mut bad = Vec::new();
+    {
+        let mut clf = classifier(dir).lock().unwrap();
+        for r in refs {
+            let (logits, tokens, truncated) = clf.logits(&r.text).unwrap();
+            assert_eq!(tokens, r.input_ids.len(), "token count for {:?}", r.text);
+            assert_eq!(truncated, r.truncated, "truncation flag for {:?}", r.text);
+            assert_eq!(logits.len(), r.logits.len());
+            let d = logits
+                .iter()
+                .zip(&r.logits)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            diffs.push(d);
+            if d > tolerance {
+                bad.push(format!(
+                    "{:?}: rust {logits:?} vs reference {:?}",
+                    r.text, r.logits
+                ));
+            }
         }
     }
-    eprintln!("{} references, worst |diff| {worst:e}", refs.len());
+    diffs.sort_by(f32::total_cmp);
+    eprintln!(
+        "{} references, |diff| median {:e}, 95th {:e}, worst {:e} (tolerance {tolerance:e})",
+        refs.len(),
+        diffs[diffs.len() / 2],
+        diffs[diffs.len() * 95 / 100],
+        diffs[diffs.len() - 1]
+    );
+    assert!(
+        bad.is_empty(),
+        "{} over tolerance:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
 
 fn check_token_ids(dir: std::path::PathBuf) {
@@ -75,6 +110,46 @@ fn tiny_outputs_depend_on_input() {
     let refs = references(&tiny_dir());
     let first = &refs[0].logits;
     assert!(refs.iter().any(|r| (r.logits[0] - first[0]).abs() > 1e-2));
+}
+
+fn int8_reference() -> Vec<Reference> {
+    references_file(Path::new(
+        &root().join("tests/fixtures/int8-reference.jsonl"),
+    ))
+}
+
+/// The int8 bundle on this machine's kernels against ONNX Runtime on the
+/// same file. Besides the tolerance, the predicted label must agree wherever
+/// ONNX Runtime's margin is clear of it.
+#[test]
+fn int8_logits_match_reference() {
+    let refs = int8_reference();
+    assert_eq!(refs.len(), references(&fp32_dir()).len());
+    check_logits_against(int8_dir(), &refs, INT8_TOLERANCE);
+    let mut clf = classifier(int8_dir()).lock().unwrap();
+    for r in &refs {
+        let (logits, _, _) = clf.logits(&r.text).unwrap();
+        let margin = r.logits[1] - r.logits[0];
+        if margin.abs() > 2.0 * INT8_TOLERANCE {
+            assert_eq!(
+                logits[1] > logits[0],
+                margin > 0.0,
+                "{:?}: {logits:?} vs {:?}",
+                r.text,
+                r.logits
+            );
+        }
+    }
+}
+
+#[test]
+fn int8_token_ids_match_reference() {
+    let refs = int8_reference();
+    let clf = classifier(int8_dir()).lock().unwrap();
+    for r in &refs {
+        let enc = clf.tokenizer().encode(&r.text).unwrap();
+        assert_eq!(enc.ids, r.input_ids, "token ids for {:?}", r.text);
+    }
 }
 
 #[test]

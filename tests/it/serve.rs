@@ -28,7 +28,7 @@ impl Server {
         let socket = dir.path().join("eb.sock");
         let mut args = vec!["serve", "--socket", socket.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let child = Command::new(env!("CARGO_BIN_EXE_edge-bert"))
+        let child = edge_bert()
             .args(&args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -423,7 +423,7 @@ fn notifies_systemd_when_ready() {
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
     let socket = dir.path().join("eb.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-bert"))
+    let mut child = edge_bert()
         .args([
             "serve",
             "--model",

@@ -21,6 +21,10 @@ pub fn fp32_dir() -> PathBuf {
     root().join("models/sentiment-fp32")
 }
 
+pub fn int8_dir() -> PathBuf {
+    root().join("models/sentiment-int8")
+}
+
 /// One line of a bundle's `reference.jsonl`.
 #[derive(Debug, Deserialize)]
 pub struct Reference {
@@ -31,7 +35,11 @@ pub struct Reference {
 }
 
 pub fn references(dir: &Path) -> Vec<Reference> {
-    let text = std::fs::read_to_string(dir.join("reference.jsonl")).expect("reference.jsonl");
+    references_file(&dir.join("reference.jsonl"))
+}
+
+pub fn references_file(path: &Path) -> Vec<Reference> {
+    let text = std::fs::read_to_string(path).expect("reference file");
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("reference line"))
@@ -42,7 +50,14 @@ pub fn references(dir: &Path) -> Vec<Reference> {
 pub fn classifier(dir: PathBuf) -> &'static Mutex<Classifier> {
     static TINY: OnceLock<Mutex<Classifier>> = OnceLock::new();
     static FP32: OnceLock<Mutex<Classifier>> = OnceLock::new();
-    let cell = if dir == tiny_dir() { &TINY } else { &FP32 };
+    static INT8: OnceLock<Mutex<Classifier>> = OnceLock::new();
+    let cell = if dir == tiny_dir() {
+        &TINY
+    } else if dir == int8_dir() {
+        &INT8
+    } else {
+        &FP32
+    };
     cell.get_or_init(|| Mutex::new(Classifier::from_dir(&dir).expect("load bundle")))
 }
 
@@ -56,9 +71,29 @@ pub fn copy_bundle(dir: &Path) -> tempfile::TempDir {
     tmp
 }
 
+/// A command for the `edge-bert` binary built with this test binary.
+///
+/// When the tests are cross-built and run under qemu-user (`cross/test.sh`),
+/// `EDGE_BERT_TEST_RUNNER` holds the emulator prefix, for example
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`: without binfmt_misc the kernel
+/// cannot exec an ARM binary spawned by a test, so the test runs it through
+/// the emulator.
+pub fn edge_bert() -> Command {
+    let bin = env!("CARGO_BIN_EXE_edge-bert");
+    match std::env::var("EDGE_BERT_TEST_RUNNER") {
+        Ok(r) if !r.trim().is_empty() => {
+            let mut words = r.split_whitespace();
+            let mut cmd = Command::new(words.next().unwrap());
+            cmd.args(words).arg(bin);
+            cmd
+        }
+        _ => Command::new(bin),
+    }
+}
+
 /// Runs the `edge-bert` binary with `args`, feeding `stdin`.
 pub fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-bert"))
+    let mut child = edge_bert()
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Run edge-bert's tests for a board under qemu-user, and (aarch64) the eval
+# gate against the x86 predictions.
+#
+#   cross/test.sh aarch64|armv7 [--cpu CPU] [--eval N]
+#
+# Cross-builds with cross/build.sh --tests, then runs, under qemu with the
+# cross glibc as library root (runners in .cargo/config.toml), one test at
+# a time (--test-threads 1):
+#   - the library's unit tests: the wire protocol codec, serial framing,
+#     tokenizer, post-processing (property tests included);
+#   - from the integration binary: the golden tests of the tiny model
+#     (logits against the recipe's ONNX Runtime run) and of the int8 default
+#     model (against ONNX Runtime on the same file, tests/fixtures), token
+#     parity with Hugging Face `tokenizers`, and real Unix-socket round trips
+#     with a server that runs under qemu too (EDGE_BERT_TEST_RUNNER).
+# The full suite is not run: its load and soak tests take hours emulated.
+#
+# --cpu sets QEMU_CPU (e.g. cortex-a72: no dot product; max: with SDOT), so
+# tract's run-time kernel choice is exercised both ways.
+# --eval N classifies the first N texts of the committed test split with the
+# embedded int8 model (`edge-bert classify --json`) under qemu and with the
+# x86 build, and fails unless the labels agree on >= 99.9% of them and the
+# accuracies are within 0.1 points (cross/compare_predictions.py).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+usage() { echo "usage: cross/test.sh aarch64|armv7 [--cpu CPU] [--eval N]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+ARCH="$1"; shift
+case "$ARCH" in
+  aarch64) TARGET=aarch64-unknown-linux-gnu; FLOOR=2.27; QEMU="qemu-aarch64 -L /usr/aarch64-linux-gnu" ;;
+  armv7) TARGET=thumbv7neon-unknown-linux-gnueabihf; FLOOR=2.28; QEMU="qemu-arm -L /usr/arm-linux-gnueabihf" ;;
+  *) usage ;;
+esac
+CPU=""; EVAL=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu) [ $# -ge 2 ] || usage; CPU="$2"; shift ;;
+    --eval) [ $# -ge 2 ] || usage; EVAL="$2"; shift ;;
+    *) usage ;;
+  esac
+  shift
+done
+# Cross builds keep their own target dir (EDGE_BERT_CROSS_TARGET_DIR).
+X86_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-bert/target}"
+export CARGO_TARGET_DIR="${EDGE_BERT_CROSS_TARGET_DIR:-$HOME/.cache/edge-bert/target-cross}"
+if [ -z "${EDGE_BERT_NO_BUILD:-}" ]; then bash "$ROOT/cross/build.sh" "$ARCH" --tests; fi
+export PATH="$HOME/.cache/edge-bert/zig-venv/bin:$PATH"
+if [ -n "$CPU" ]; then export QEMU_CPU="$CPU"; fi
+export EDGE_BERT_TEST_RUNNER="$QEMU"
+cd "$ROOT"
+# The test executables, from cargo's build messages (no rebuild: build.sh did it).
+mapfile -t EXES < <(cargo-zigbuild test --target "$TARGET.$FLOOR" -p edge-bert --no-run \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        if t["kind"] == ["lib"] or t["name"] == "integration":
+            print(t["name"], m["executable"])
+')
+LIB=""; INTEGRATION=""
+for e in "${EXES[@]}"; do
+  case "$e" in "integration "*) INTEGRATION="${e#* }" ;; *) LIB="${e#* }" ;; esac
+done
+[ -n "$LIB" ] && [ -n "$INTEGRATION" ] || { echo "error: test executables not found" >&2; exit 1; }
+echo "== $ARCH tests under qemu (cpu ${CPU:-default})"
+SECONDS=0
+# shellcheck disable=SC2086
+$QEMU "$LIB" --test-threads 1
+# shellcheck disable=SC2086
+$QEMU "$INTEGRATION" --test-threads 1 \
+  golden::tiny golden::int8 tokenizer:: \
+  serve::bad_lines_get_errors serve::socket_client_matches_in_process
+echo "qemu tests took ${SECONDS}s"
+
+if [ "$EVAL" -gt 0 ]; then
+  echo "== eval gate: first $EVAL test texts, $ARCH (qemu, cpu ${CPU:-default}) vs x86"
+  SECONDS=0
+  DATA="$(mktemp)"; trap 'rm -f "$DATA" "$DATA".*' EXIT
+  head -n "$EVAL" "$ROOT/models/sentiment-fp32/test.tsv" > "$DATA"
+  cut -f2 "$DATA" > "$DATA.texts"
+  # The binary `cargo test` built for the integration tests (building it
+  # with `cargo build` would recompile dependencies with other features).
+  CARGO_TARGET_DIR="$X86_TARGET_DIR" cargo test -q -p edge-bert --test integration --no-run
+  "$X86_TARGET_DIR/debug/edge-bert" classify --json < "$DATA.texts" > "$DATA.x86"
+  # shellcheck disable=SC2086
+  $QEMU "$CARGO_TARGET_DIR/$TARGET/debug/edge-bert" classify --json < "$DATA.texts" > "$DATA.arm"
+  python3 "$ROOT/cross/compare_predictions.py" "$DATA" "$DATA.x86" "$DATA.arm"
+  echo "eval gate took ${SECONDS}s"
+fi
