@@ -95,6 +95,10 @@ struct Cli {
         allow_hyphen_values = true
     )]
     max_accuracy_drop: Option<f64>,
+    /// With --eval: keep the worst layers in fp32 until int8 agrees with fp32
+    /// on at least PCT percent of the texts.
+    #[arg(long, value_name = "PCT", requires = "eval")]
+    min_agreement: Option<f64>,
     /// Keep this MatMul/Gemm node in fp32 (exact node name or a substring); repeatable.
     #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
@@ -476,15 +480,22 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         let acc32 = accuracy(&fp32, examples);
         let mut int8 = evaluate(&out_bundle, examples, "eval int8")?;
         let mut acc8 = accuracy(&int8, examples);
-        if let Some(bound) = cli.max_accuracy_drop {
+        if cli.max_accuracy_drop.is_some() || cli.min_agreement.is_some() {
+            let bound = cli.max_accuracy_drop.unwrap_or(f64::INFINITY);
+            let min_agree = cli.min_agreement.unwrap_or(0.0);
+            let agreement = |a: &Outcome, b: &Outcome| {
+                let same = a.predicted.iter().zip(&b.predicted).filter(|(x, y)| x == y);
+                100.0 * same.count() as f64 / examples.len().max(1) as f64
+            };
+            let mut agree8 = agreement(&fp32, &int8);
             let mut ranked = layers.clone();
             ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
             let mut next = 0;
-            while acc32 - acc8 > bound && next < ranked.len() {
+            while (acc32 - acc8 > bound || agree8 < min_agree) && next < ranked.len() {
                 opts.exclude.insert(ranked[next].0.clone());
                 next += 1;
                 eprintln!(
-                    "accuracy drop {:.2} > {bound} points: keeping {} in fp32",
+                    "accuracy drop {:.2} points, agreement {agree8:.2}%: keeping {} in fp32",
                     acc32 - acc8,
                     ranked[next - 1].0
                 );
@@ -494,12 +505,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 (out_bundle, record_bytes) = make_bundle(&int8_bytes, &summary, &opts);
                 int8 = evaluate(&out_bundle, examples, "eval int8")?;
                 acc8 = accuracy(&int8, examples);
+                agree8 = agreement(&fp32, &int8);
             }
-            if acc32 - acc8 > bound {
+            if acc32 - acc8 > bound || agree8 < min_agree {
                 return Err(Failure(
                     1,
                     format!(
-                        "accuracy drop {:.2} points exceeds {bound} even with every layer in fp32",
+                        "accuracy drop {:.2} points, agreement {agree8:.2}%: outside the bounds even with every measured layer in fp32",
                         acc32 - acc8
                     ),
                 ));

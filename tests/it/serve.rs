@@ -46,7 +46,9 @@ impl Server {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // Under qemu (cross/test.sh) loading the int8 model takes minutes.
+        let limit = if emulated() { 1200 } else { 120 };
+        let deadline = Instant::now() + Duration::from_secs(limit);
         while Instant::now() < deadline {
             if UnixStream::connect(&self.socket).is_ok() {
                 return;

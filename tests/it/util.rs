@@ -91,6 +91,11 @@ pub fn edge_bert() -> Command {
     }
 }
 
+/// True when the tests run under an emulator (see [`edge_bert`]).
+pub fn emulated() -> bool {
+    std::env::var("EDGE_BERT_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
+}
+
 /// Runs the `edge-bert` binary with `args`, feeding `stdin`.
 pub fn run(args: &[&str], stdin: &[u8]) -> Output {
     let mut child = edge_bert()
