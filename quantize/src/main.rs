@@ -511,7 +511,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 return Err(Failure(
                     1,
                     format!(
-                        "accuracy drop {:.2} points, agreement {agree8:.2}%: outside the bounds even with every measured layer in fp32",
+                        "accuracy drop {:.2} points, agreement {agree8:.2}%: outside the bounds even with every layer in fp32",
                         acc32 - acc8
                     ),
                 ));

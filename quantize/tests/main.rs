@@ -334,6 +334,34 @@ fn real_model_meets_size_and_accuracy_figures() {
 /// bound holds; an impossible bound (int8 one point *better* than fp32)
 /// walks every layer and then fails cleanly.
 #[test]
+fn agreement_bound_search_walks_layers_and_fails_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let test = format!("{}/test.tsv", models("tiny"));
+    let args = |pct: &'static str| {
+        vec![
+            "--input".to_string(),
+            models("tiny"),
+            "--output".into(),
+            out.to_str().unwrap().into(),
+            "--eval".into(),
+            test.clone(),
+            "--min-agreement".into(),
+            pct.into(),
+        ]
+    };
+    let a = args("100.5");
+    let o = quantize(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_fails(&o, 1, "even with every layer in fp32");
+    assert_eq!(stderr(&o).matches("keeping ").count(), 14, "{}", stderr(&o));
+    assert!(!out.exists());
+    let a = args("0");
+    let o = quantize(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("keeping ").count(), 0);
+}
+
+#[test]
 fn accuracy_bound_search_walks_layers_worst_first() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
