@@ -41,6 +41,8 @@ pub struct ModelStats {
     pub parameters: usize,
     /// Every matrix product with its input element types.
     pub matmuls: Vec<MatmulInfo>,
+    /// `DynamicQuantizeLinear` nodes run by [`crate::dynquant`]'s op.
+    pub dynamic_quantize_ops: usize,
 }
 
 struct BucketPlan {
@@ -95,6 +97,7 @@ impl Engine {
             .ok_or_else(|| Error::InvalidArgument("no length buckets given".into()))?;
         check_buckets(buckets, max).map_err(Error::InvalidArgument)?;
         let ModelFormat::Onnx = format;
+        let started = std::time::Instant::now();
         let mut model = tract_onnx::onnx()
             .model_for_read(&mut &*model_bytes)
             .map_err(Error::model)?;
@@ -124,11 +127,20 @@ impl Engine {
             ));
         }
 
-        let typed = model
+        let mut typed = model
             .into_typed()
             .and_then(|m| m.into_decluttered())
             .map_err(Error::model)?;
-        let stats = describe(&typed);
+        log::debug!("engine: parsed and decluttered in {:?}", started.elapsed());
+        let swapped = crate::dynquant::swap_in(&mut typed);
+        if swapped > 0 {
+            log::info!(
+                "engine: {swapped} DynamicQuantizeLinear ops run by edge-bert's kernel ({:?} path)",
+                crate::dynquant::path()
+            );
+        }
+        let mut stats = describe(&typed);
+        stats.dynamic_quantize_ops = swapped;
 
         // Each bucket's plan is optimised on its own thread (this is most of
         // the load time, and the buckets are independent).
@@ -168,6 +180,11 @@ impl Engine {
                     .collect::<Result<Vec<_>>>()
             })?
         };
+        log::debug!(
+            "engine: {} plans built after {:?}",
+            plans.len(),
+            started.elapsed()
+        );
         let mut engine = Engine {
             plans,
             roles,

@@ -26,6 +26,8 @@
 //! - [`tokenize`]: BERT WordPiece from the bundle's `tokenizer.json`,
 //!   truncating at `max_seq_len`, writing into reused buffers (pure).
 //! - [`engine`]: tract plans and states, one per length bucket.
+//! - [`dynquant`]: a faster `DynamicQuantizeLinear` op for tract, with
+//!   SIMD paths chosen at run time (pure kernels + the op).
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
 //! - [`classifier`]: text in, [`Classification`] out.
 //! - [`client`]: talking to a running `edge-bert serve`.
@@ -48,6 +50,7 @@ pub mod alloc_probe;
 pub mod bundle;
 pub mod classifier;
 pub mod client;
+pub mod dynquant;
 pub mod embedded;
 pub mod engine;
 pub mod error;

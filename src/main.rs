@@ -645,6 +645,10 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
             "parameters": stats.parameters,
             "vocab_size": clf.tokenizer().vocab_size(),
             "matmuls": matmuls,
+            "dynamic_quantize": {
+                "ops": stats.dynamic_quantize_ops,
+                "kernel": format!("{:?}", edge_bert::dynquant::path()),
+            },
         });
         println!("{report}");
         return Ok(());
@@ -681,6 +685,13 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
     println!("matmuls      {} in all", stats.matmuls.len());
     for (k, n) in &kinds {
         println!("  {n:>3} x {k}");
+    }
+    if stats.dynamic_quantize_ops > 0 {
+        println!(
+            "quantize     {} DynamicQuantizeLinear ops on edge-bert's kernel ({:?} path)",
+            stats.dynamic_quantize_ops,
+            edge_bert::dynquant::path()
+        );
     }
     for mm in &stats.matmuls {
         log::info!(

@@ -208,6 +208,10 @@ fn embedded_default_is_the_int8_bundle() {
     let mm = v["matmuls"].as_array().unwrap();
     let int8 = mm.iter().filter(|m| m["input_types"][1] == "I8").count();
     assert!(int8 >= 38, "only {int8} int8 matmuls: {mm:?}");
+    // Each dynamically quantised matmul input runs on edge-bert's own op.
+    let dq = &v["dynamic_quantize"];
+    assert!(dq["ops"].as_u64().unwrap() >= 20, "{dq}");
+    assert!(dq["kernel"].is_string(), "{dq}");
 }
 
 #[test]
@@ -221,6 +225,7 @@ fn info_describes_the_bundle() {
     let mm = v["matmuls"].as_array().unwrap();
     assert!(!mm.is_empty());
     assert!(mm.iter().all(|m| m["input_types"][0] == "F32"), "{mm:?}");
+    assert_eq!(v["dynamic_quantize"]["ops"], 0);
     let o = run(&["info", "--model", &tiny()], b"");
     assert!(stdout(&o).contains("parameters"));
 }

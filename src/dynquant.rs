@@ -1,0 +1,505 @@
+//! A faster `DynamicQuantizeLinear` for tract, with SIMD paths chosen at
+//! run time.
+//!
+//! # Why
+//!
+//! The int8 bundle quantises every matmul's activations on each run
+//! (ONNX `DynamicQuantizeLinear`: a min/max pass, then one u8 per value).
+//! tract-onnx 0.23.9 does this with an ndarray fold and a scalar `rintf`
+//! call per value. `perf record` on `edge-bert bench --limit 200` with the
+//! int8 model put that op at about half of the run time (`rintf` 16.9 %,
+//! the op's own loop 9.8 %, the min/max fold 6.2 % of all samples, start-up
+//! included), more than the int8 matmul kernel itself (18.4 %).
+//!
+//! # What
+//!
+//! [`FastDynamicQuantize`] is a tract op with the same outputs as tract's
+//! (`y: u8`, `y_scale: f32`, `y_zero_point: u8`, per tensor).
+//! [`swap_in`] replaces tract's op with it in a typed model, node for
+//! node, before the model is optimised, so the rest of tract's optimiser
+//! applies as before. The pure kernels are [`min_max`] and [`quantize`];
+//! [`scale_and_zero_point`] is the scalar arithmetic in between.
+//!
+//! Semantics (ONNX): `scale = (max(0, max x) - min(0, min x)) / 255`,
+//! `zp = saturate(round(-min / scale))`, `y = saturate(round(x / scale) + zp)`,
+//! rounding to nearest with ties to even. The division is kept (not a
+//! multiplication by `1 / scale`), so results match tract's and ONNX
+//! Runtime's bit for bit. NaN inputs are ignored by min/max and quantise to
+//! 0; ±∞ saturate.
+//!
+//! # Paths
+//!
+//! - x86-64: AVX2 when the CPU has it (checked once, at run time).
+//! - aarch64: NEON (always present on aarch64).
+//! - everything else, and the tails: the portable scalar code.
+//!
+//! Every path is tested bit-exact against the scalar reference
+//! ([`reference`]), with property tests, and the aarch64 path also runs
+//! under qemu in `cross/test.sh`.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::{
+    as_op, ensure, op_as_typed_op, op_out_of_plan, EvalContext, EvalOp, Op, StaticName, TypedOp,
+    Validation,
+};
+
+/// The SIMD path [`min_max`] and [`quantize`] take on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Avx2,
+    Neon,
+    Portable,
+}
+
+/// The path chosen for this CPU.
+pub fn path() -> Path {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            return Path::Avx2;
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return Path::Neon;
+    }
+    #[allow(unreachable_code)]
+    Path::Portable
+}
+
+/// The scalar reference: the definitions, one value at a time.
+pub mod reference {
+    /// `(min(0, min x), max(0, max x))`, NaN ignored.
+    pub fn min_max(xs: &[f32]) -> (f32, f32) {
+        let (mut lo, mut hi) = (0.0f32, 0.0f32);
+        for &x in xs {
+            if x < lo {
+                lo = x;
+            }
+            if x > hi {
+                hi = x;
+            }
+        }
+        (lo, hi)
+    }
+
+    /// One value: `saturate(round_ties_even(x / scale) + zp)`, NaN → 0.
+    pub fn quantize_one(x: f32, scale: f32, zp: u8) -> u8 {
+        let v = (x / scale).round_ties_even() + zp as f32;
+        if v >= 255.0 {
+            255
+        } else if v >= 0.0 {
+            v as u8
+        } else {
+            0 // negative, or NaN
+        }
+    }
+
+    pub fn quantize(xs: &[f32], scale: f32, zp: u8, ys: &mut [u8]) {
+        for (y, &x) in ys.iter_mut().zip(xs) {
+            *y = quantize_one(x, scale, zp);
+        }
+    }
+}
+
+/// Scale and zero point from the range given by [`min_max`].
+pub fn scale_and_zero_point(lo: f32, hi: f32) -> (f32, u8) {
+    let scale = (hi - lo) / 255.0;
+    // NaN (an all-zero tensor: 0 / 0) stays NaN through `clamp` and
+    // becomes 0 in the saturating `as` cast.
+    let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0);
+    (scale, zp as u8)
+}
+
+/// `(min(0, min x), max(0, max x))`, NaN ignored; the fastest path.
+pub fn min_max(xs: &[f32]) -> (f32, f32) {
+    match path() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: path() checked that the CPU has AVX2.
+        Path::Avx2 => unsafe { x86::min_max_avx2(xs) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of the aarch64 baseline.
+        Path::Neon => unsafe { arm::min_max_neon(xs) },
+        _ => reference::min_max(xs),
+    }
+}
+
+/// Quantises `xs` into `ys` (same length); the fastest path.
+pub fn quantize(xs: &[f32], scale: f32, zp: u8, ys: &mut [u8]) {
+    assert_eq!(xs.len(), ys.len(), "quantize: length mismatch");
+    match path() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: path() checked that the CPU has AVX2.
+        Path::Avx2 => unsafe { x86::quantize_avx2(xs, scale, zp, ys) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of the aarch64 baseline.
+        Path::Neon => unsafe { arm::quantize_neon(xs, scale, zp, ys) },
+        _ => reference::quantize(xs, scale, zp, ys),
+    }
+}
+
+/// Combines per-lane ranges exactly as the scalar fold would.
+#[allow(dead_code)]
+fn fold_lanes(lanes: &[f32], lo: f32, hi: f32) -> (f32, f32) {
+    let (mut lo, mut hi) = (lo, hi);
+    for &x in lanes {
+        if x < lo {
+            lo = x;
+        }
+        if x > hi {
+            hi = x;
+        }
+    }
+    (lo, hi)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{fold_lanes, reference};
+    use std::arch::x86_64::*;
+
+    /// `_mm256_min_ps(x, acc)` returns `acc` when `x` is NaN, and `acc`
+    /// when both are zeros of either sign: the scalar `x < acc` test.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn min_max_avx2(xs: &[f32]) -> (f32, f32) {
+        let chunks = xs.chunks_exact(8);
+        let tail = chunks.remainder();
+        let mut lo = _mm256_setzero_ps();
+        let mut hi = _mm256_setzero_ps();
+        for c in chunks {
+            // SAFETY: c has exactly 8 f32s.
+            let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            lo = _mm256_min_ps(x, lo);
+            hi = _mm256_max_ps(x, hi);
+        }
+        let mut l = [0f32; 8];
+        let mut h = [0f32; 8];
+        // SAFETY: 8-wide stores into 8-element arrays.
+        unsafe {
+            _mm256_storeu_ps(l.as_mut_ptr(), lo);
+            _mm256_storeu_ps(h.as_mut_ptr(), hi);
+        }
+        let (a, _) = fold_lanes(&l, 0.0, 0.0);
+        let (_, b) = fold_lanes(&h, 0.0, 0.0);
+        let (t_lo, t_hi) = reference::min_max(tail);
+        fold_lanes(&[t_lo, t_hi], a, b)
+    }
+
+    /// Eight values per step: divide, round to nearest even (the default
+    /// MXCSR mode), add the zero point, clamp to [0, 255] in float
+    /// (`_mm256_max_ps(v, 0)` gives 0 for NaN), convert and pack.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_avx2(xs: &[f32], scale: f32, zp: u8, ys: &mut [u8]) {
+        let n8 = xs.len() / 8 * 8;
+        let s = _mm256_set1_ps(scale);
+        let z = _mm256_set1_ps(zp as f32);
+        let zero = _mm256_setzero_ps();
+        let top = _mm256_set1_ps(255.0);
+        let mut i = 0;
+        while i < n8 {
+            // SAFETY: i + 8 <= n8 <= xs.len() == ys.len().
+            unsafe {
+                let x = _mm256_loadu_ps(xs.as_ptr().add(i));
+                let q = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm256_div_ps(x, s),
+                );
+                let v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), zero), top);
+                let w = _mm256_cvtps_epi32(v); // exact: v is a whole number in [0, 255]
+                let lo = _mm256_castsi256_si128(w);
+                let hi = _mm256_extracti128_si256::<1>(w);
+                let p16 = _mm_packus_epi32(lo, hi);
+                let p8 = _mm_packus_epi16(p16, p16);
+                _mm_storel_epi64(ys.as_mut_ptr().add(i) as *mut __m128i, p8);
+            }
+            i += 8;
+        }
+        reference::quantize(&xs[n8..], scale, zp, &mut ys[n8..]);
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::{fold_lanes, reference};
+    use std::arch::aarch64::*;
+
+    /// Compare-and-select, so NaN and signed zeros behave as the scalar
+    /// `x < acc` test (NEON's `vminq_f32` would propagate NaN).
+    #[target_feature(enable = "neon")]
+    pub unsafe fn min_max_neon(xs: &[f32]) -> (f32, f32) {
+        let chunks = xs.chunks_exact(4);
+        let tail = chunks.remainder();
+        let mut lo = vdupq_n_f32(0.0);
+        let mut hi = vdupq_n_f32(0.0);
+        for c in chunks {
+            // SAFETY: c has exactly 4 f32s.
+            let x = unsafe { vld1q_f32(c.as_ptr()) };
+            lo = vbslq_f32(vcltq_f32(x, lo), x, lo);
+            hi = vbslq_f32(vcgtq_f32(x, hi), x, hi);
+        }
+        let mut l = [0f32; 4];
+        let mut h = [0f32; 4];
+        // SAFETY: 4-wide stores into 4-element arrays.
+        unsafe {
+            vst1q_f32(l.as_mut_ptr(), lo);
+            vst1q_f32(h.as_mut_ptr(), hi);
+        }
+        let (a, _) = fold_lanes(&l, 0.0, 0.0);
+        let (_, b) = fold_lanes(&h, 0.0, 0.0);
+        let (t_lo, t_hi) = reference::min_max(tail);
+        fold_lanes(&[t_lo, t_hi], a, b)
+    }
+
+    /// Four values per step: divide, round to nearest even (`frintn`), add
+    /// the zero point, clamp to 255 and convert with `fcvtzu`, which
+    /// saturates negatives and NaN to 0.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn quantize_neon(xs: &[f32], scale: f32, zp: u8, ys: &mut [u8]) {
+        let n4 = xs.len() / 4 * 4;
+        let s = vdupq_n_f32(scale);
+        let z = vdupq_n_f32(zp as f32);
+        let top = vdupq_n_f32(255.0);
+        let mut i = 0;
+        while i < n4 {
+            // SAFETY: i + 4 <= n4 <= xs.len() == ys.len().
+            unsafe {
+                let x = vld1q_f32(xs.as_ptr().add(i));
+                let q = vrndnq_f32(vdivq_f32(x, s));
+                let v = vminq_f32(vaddq_f32(q, z), top);
+                let w = vcvtq_u32_f32(v);
+                let mut out = [0u32; 4];
+                vst1q_u32(out.as_mut_ptr(), w);
+                for (k, o) in out.iter().enumerate() {
+                    *ys.get_unchecked_mut(i + k) = *o as u8;
+                }
+            }
+            i += 4;
+        }
+        reference::quantize(&xs[n4..], scale, zp, &mut ys[n4..]);
+    }
+}
+
+/// tract op: `DynamicQuantizeLinear` on f32, per tensor, to u8.
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
+pub struct FastDynamicQuantize;
+
+impl Op for FastDynamicQuantize {
+    fn name(&self) -> StaticName {
+        "EdgeBertDynamicQuantizeLinear".into()
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Accurate
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FastDynamicQuantize {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let view = input.try_as_plain_ram()?;
+        let xs = view.as_slice::<f32>()?;
+        let (lo, hi) = min_max(xs);
+        let (scale, zp) = scale_and_zero_point(lo, hi);
+        // SAFETY: every element is written by `quantize` below.
+        let mut dst = unsafe { Tensor::uninitialized::<u8>(input.shape())? };
+        {
+            let mut out = dst.try_as_plain_ram_mut()?;
+            quantize(xs, scale, zp, out.as_slice_mut::<u8>()?);
+        }
+        Ok(tvec!(
+            dst.into_tvalue(),
+            tensor0(scale).into_tvalue(),
+            tensor0(zp).into_tvalue()
+        ))
+    }
+}
+
+impl TypedOp for FastDynamicQuantize {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs[0].datum_type == f32::datum_type(),
+            "DynamicQuantizeLinear on {:?}: only f32 is supported",
+            inputs[0].datum_type
+        );
+        let mut y = inputs[0].without_value();
+        y.datum_type = u8::datum_type();
+        Ok(tvec!(y, f32::scalar_fact(), u8::scalar_fact()))
+    }
+
+    as_op!();
+}
+
+/// Replaces tract-onnx's `DynamicQuantizeLinearU8` nodes with
+/// [`FastDynamicQuantize`] (same inputs, same outputs) and returns how many
+/// it replaced. Run it on the typed model, before `into_optimized`.
+pub fn swap_in(model: &mut TypedModel) -> usize {
+    let mut n = 0;
+    for node in model.nodes_mut() {
+        if node.op.name() == "DynamicQuantizeLinearU8" && node.inputs.len() == 1 {
+            node.op = Box::new(FastDynamicQuantize);
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run_op(xs: &[f32]) -> (Vec<u8>, f32, u8) {
+        let t = Tensor::from_shape(&[xs.len()], xs).unwrap();
+        let out = FastDynamicQuantize
+            .eval_out_of_plan(tvec!(t.into_tvalue()))
+            .unwrap()
+            .unwrap();
+        let y = out[0].try_as_plain_ram().unwrap();
+        (
+            y.as_slice::<u8>().unwrap().to_vec(),
+            *out[1]
+                .try_as_plain_ram()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            *out[2]
+                .try_as_plain_ram()
+                .unwrap()
+                .to_scalar::<u8>()
+                .unwrap(),
+        )
+    }
+
+    /// The worked examples from the ONNX operator documentation.
+    #[test]
+    fn onnx_examples() {
+        let cases: [(&[f32], f32, u8, &[u8]); 3] = [
+            (
+                &[0., 2., -3., -2.5, 1.34, 0.5],
+                0.019_607_844,
+                153,
+                &[153, 255, 0, 26, 221, 179],
+            ),
+            (
+                &[-1., -2.1, -1.3, -2.5, -3.34, -4.],
+                0.015_686_275,
+                255,
+                &[191, 121, 172, 96, 42, 0],
+            ),
+            (
+                &[1., 2.1, 1.3, 2.5, 3.34, 4., 1.5, 2.6, 3.9, 4., 3., 2.345],
+                0.015_686_275,
+                0,
+                &[64, 134, 83, 159, 213, 255, 96, 166, 249, 255, 191, 149],
+            ),
+        ];
+        for (xs, scale, zp, ys) in cases {
+            let (y, s, z) = run_op(xs);
+            assert!((s - scale).abs() < 1e-8, "{s} vs {scale}");
+            assert_eq!(z, zp);
+            assert_eq!(y, ys);
+        }
+    }
+
+    #[test]
+    fn ties_round_to_even() {
+        // scale 1 exactly (range 255), zero point 127: 0.5 → 0 + 127, 1.5 → 2 + 127.
+        let mut xs = vec![-127.0f32, 128.0, 0.5, 1.5, 2.5, -0.5];
+        xs.extend([0.0; 10]); // long enough for the SIMD body
+        let (y, s, z) = run_op(&xs);
+        assert_eq!((s, z), (1.0, 127));
+        assert_eq!(&y[..6], &[0, 255, 127, 129, 129, 127]);
+    }
+
+    #[test]
+    fn all_zero_nan_and_infinities_do_not_panic() {
+        let (y, _, z) = run_op(&[0.0; 20]);
+        assert_eq!(z, 0);
+        assert!(y.iter().all(|&v| v == 0));
+        let mut xs = vec![1.0f32; 20];
+        xs[3] = f32::NAN;
+        let (y, _, _) = run_op(&xs);
+        assert_eq!(y[3], 0);
+        assert_eq!(y[0], 255);
+        xs[5] = f32::INFINITY;
+        xs[7] = f32::NEG_INFINITY;
+        let fast = run_op(&xs);
+        let (lo, hi) = reference::min_max(&xs);
+        let (scale, zp) = scale_and_zero_point(lo, hi);
+        let mut want = vec![0u8; xs.len()];
+        reference::quantize(&xs, scale, zp, &mut want);
+        assert_eq!(fast.0, want);
+    }
+
+    #[test]
+    fn reports_its_path() {
+        let p = path();
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(p, Path::Neon);
+        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+        assert_eq!(p, Path::Portable);
+        let _ = p;
+    }
+
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            8 => -50.0f32..50.0,
+            // Halves and whole numbers: ties after division by a round scale.
+            2 => (-300i32..300).prop_map(|v| v as f32 * 0.5),
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => prop::num::f32::ANY,
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The chosen SIMD path equals the scalar reference, bit for bit.
+        #[test]
+        fn simd_equals_reference(xs in prop::collection::vec(value(), 0..200)) {
+            let (lo, hi) = min_max(&xs);
+            let (rlo, rhi) = reference::min_max(&xs);
+            prop_assert_eq!(lo.to_bits(), rlo.to_bits());
+            prop_assert_eq!(hi.to_bits(), rhi.to_bits());
+            let (scale, zp) = scale_and_zero_point(rlo, rhi);
+            let mut fast = vec![0u8; xs.len()];
+            let mut want = vec![0u8; xs.len()];
+            quantize(&xs, scale, zp, &mut fast);
+            reference::quantize(&xs, scale, zp, &mut want);
+            prop_assert_eq!(fast, want);
+        }
+
+        /// Any scale, including tiny and huge ones, and any zero point.
+        #[test]
+        fn simd_equals_reference_any_scale(
+            xs in prop::collection::vec(value(), 0..64),
+            scale in prop::num::f32::POSITIVE | prop::num::f32::NORMAL,
+            zp in any::<u8>(),
+        ) {
+            let mut fast = vec![0u8; xs.len()];
+            let mut want = vec![0u8; xs.len()];
+            quantize(&xs, scale, zp, &mut fast);
+            reference::quantize(&xs, scale, zp, &mut want);
+            prop_assert_eq!(fast, want);
+        }
+
+        /// The same as tract-onnx's definition on finite inputs: an integer
+        /// clamp after rounding, which is what the int8 golden files were
+        /// made against.
+        #[test]
+        fn matches_integer_clamp(xs in prop::collection::vec(-50.0f32..50.0, 1..100)) {
+            let (lo, hi) = reference::min_max(&xs);
+            let (scale, zp) = scale_and_zero_point(lo, hi);
+            let mut fast = vec![0u8; xs.len()];
+            quantize(&xs, scale, zp, &mut fast);
+            for (x, y) in xs.iter().zip(fast) {
+                let want = (((x / scale).round_ties_even() as i32) + zp as i32).clamp(0, 255) as u8;
+                prop_assert_eq!(y, want);
+            }
+        }
+    }
+}
