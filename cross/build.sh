@@ -3,10 +3,7 @@
 #
 #   cross/build.sh aarch64|armv7 [--release] [--tests]
 #
-# aarch64: Raspberry Pi 4/5, Jetson (target aarch64-unknown-linux-gnu),
-#          linked against glibc 2.27 (Jetson Nano's L4T, Ubuntu 18.04).
-# armv7:   32-bit Raspberry Pi OS on a Pi 3 / Zero 2, with NEON
-#          (target thumbv7neon-unknown-linux-gnueabihf), glibc 2.28 (buster).
+# The boards (target, glibc floor, cross tools) are in cross/boards.sh.
 #
 # Linking uses `cargo zigbuild`: zig links against the glibc version named in
 # the target suffix (`.2.27`), so the binary runs on old board images although
@@ -23,11 +20,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { echo "usage: cross/build.sh aarch64|armv7 [--release] [--tests]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
-case "$1" in
-  aarch64) TARGET=aarch64-unknown-linux-gnu; GLIBC_FLOOR=2.27; GCC=gcc-aarch64-linux-gnu; PREFIX=aarch64-linux-gnu; QEMU=qemu-aarch64 ;;
-  armv7) TARGET=thumbv7neon-unknown-linux-gnueabihf; GLIBC_FLOOR=2.28; GCC=gcc-arm-linux-gnueabihf; PREFIX=arm-linux-gnueabihf; QEMU=qemu-arm ;;
-  *) usage ;;
-esac
+# shellcheck source=cross/boards.sh
+. "$ROOT/cross/boards.sh"
+board "$1" || usage
 shift
 PROFILE=debug
 CARGO_ARGS=(--bin edge-bert)
@@ -43,7 +38,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 missing=()
 command -v "$PREFIX-gcc" >/dev/null || missing+=("$GCC")
-command -v "$QEMU" >/dev/null || missing+=(qemu-user)
+command -v "$QEMU_BIN" >/dev/null || missing+=(qemu-user)
 command -v "$PREFIX-objdump" >/dev/null || missing+=("binutils-$PREFIX")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
@@ -75,12 +70,12 @@ fi
 BIN="$CARGO_TARGET_DIR/$TARGET/$PROFILE/edge-bert"
 STRIPPED="$(mktemp)"
 "$PREFIX-strip" -o "$STRIPPED" "$BIN"
-GLIBC="$("$PREFIX-objdump" -T "$BIN" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)"
+GLIBC="$(highest_glibc "$BIN")"
 echo "binary        $BIN"
 echo "stripped size $(stat -c %s "$STRIPPED") bytes (embedded model included)"
-echo "highest glibc $GLIBC (floor $GLIBC_FLOOR)"
+echo "highest glibc GLIBC_$GLIBC (floor $GLIBC_FLOOR)"
 rm -f "$STRIPPED"
-if [ "$(printf '%s\n%s\n' "${GLIBC#GLIBC_}" "$GLIBC_FLOOR" | sort -V | tail -1)" != "$GLIBC_FLOOR" ]; then
-  echo "error: $BIN needs $GLIBC, above the glibc $GLIBC_FLOOR floor" >&2
+if ! glibc_ok "$GLIBC" "$GLIBC_FLOOR"; then
+  echo "error: $BIN needs GLIBC_$GLIBC, above the glibc $GLIBC_FLOOR floor" >&2
   exit 1
 fi

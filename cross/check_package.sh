@@ -5,13 +5,12 @@
 #
 #   cross/check_package.sh FILE.deb arm64|armhf
 set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=cross/boards.sh
+. "$ROOT/cross/boards.sh"
 [ $# -eq 2 ] || { echo "usage: cross/check_package.sh FILE.deb arm64|armhf" >&2; exit 2; }
 DEB="$1"; WANT="$2"
-case "$WANT" in
-  arm64) MACHINE=AArch64; PREFIX=aarch64-linux-gnu; FLOOR=2.27 ;;
-  armhf) MACHINE=ARM; PREFIX=arm-linux-gnueabihf; FLOOR=2.28 ;;
-  *) echo "error: arch must be arm64 or armhf" >&2; exit 2 ;;
-esac
+board_for_deb_arch "$WANT" || { echo "error: arch must be arm64 or armhf" >&2; exit 2; }
 fail() { echo "package check failed: $*" >&2; exit 1; }
 X="$(mktemp -d)"; trap 'rm -rf "$X"' EXIT
 [ "$(dpkg-deb -f "$DEB" Architecture)" = "$WANT" ] || fail "Architecture is not $WANT"
@@ -29,12 +28,11 @@ for s in postinst prerm postrm; do
 done
 grep -qx /etc/default/edge-bert "$X/control/conffiles" || fail "/etc/default/edge-bert is not a conffile"
 readelf -h "$X/root/usr/bin/edge-bert" | grep -q "Machine:.*$MACHINE" || fail "binary is not $MACHINE"
-GLIBC="$("$PREFIX-objdump" -T "$X/root/usr/bin/edge-bert" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)"
-[ "$(printf '%s\n%s\n' "${GLIBC#GLIBC_}" "$FLOOR" | sort -V | tail -1)" = "$FLOOR" ] \
-  || fail "binary needs $GLIBC, above $FLOOR"
+GLIBC="$(highest_glibc "$X/root/usr/bin/edge-bert")"
+glibc_ok "$GLIBC" "$GLIBC_FLOOR" || fail "binary needs GLIBC_$GLIBC, above $GLIBC_FLOOR"
 # systemd-analyze checks that ExecStart's program is executable on this
 # host, so verify a copy of the unit that points at the extracted binary.
 sed "s#/usr/bin/edge-bert#$X/root/usr/bin/edge-bert#" "$X/root/lib/systemd/system/edge-bert.service" \
   > "$X/edge-bert.service"
 systemd-analyze verify --man=no "$X/edge-bert.service" || fail "systemd-analyze verify"
-echo "package ok: $DEB ($WANT, $(stat -c %s "$DEB") bytes, binary needs $GLIBC, unit verified)"
+echo "package ok: $DEB ($WANT, $(stat -c %s "$DEB") bytes, binary needs GLIBC_$GLIBC, unit verified)"

@@ -37,7 +37,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ -n "$HOST" ] || usage
-case "$ARCH" in aarch64) DEB_ARCH=arm64 ;; armv7) DEB_ARCH=armhf ;; *) echo "error: --arch must be aarch64 or armv7" >&2; exit 2 ;; esac
+# shellcheck source=cross/boards.sh
+. "$ROOT/cross/boards.sh"
+board "$ARCH" || { echo "error: --arch must be aarch64 or armv7" >&2; exit 2; }
 case "$HOST" in
   *[!A-Za-z0-9@._:-]*|-*) echo "error: bad host $HOST" >&2; exit 2 ;;
 esac

@@ -18,11 +18,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { echo "usage: cross/package.sh aarch64|armv7 [--release] [--out DIR] [--bin FILE]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 ARCH_NAME="$1"; shift
-case "$ARCH_NAME" in
-  aarch64) TARGET=aarch64-unknown-linux-gnu; DEB_ARCH=arm64; PREFIX=aarch64-linux-gnu; LIBC="libc6 (>= 2.27)" ;;
-  armv7) TARGET=thumbv7neon-unknown-linux-gnueabihf; DEB_ARCH=armhf; PREFIX=arm-linux-gnueabihf; LIBC="libc6 (>= 2.28)" ;;
-  *) usage ;;
-esac
+# shellcheck source=cross/boards.sh
+. "$ROOT/cross/boards.sh"
+board "$ARCH_NAME" || usage
+LIBC="libc6 (>= $GLIBC_FLOOR)"
 PROFILE=debug; BUILD_ARGS=(); OUT="$ROOT/target-deb"
 while [ $# -gt 0 ]; do
   case "$1" in

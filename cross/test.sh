@@ -31,11 +31,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { echo "usage: cross/test.sh aarch64|armv7 [--cpu CPU] [--eval N]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 ARCH="$1"; shift
-case "$ARCH" in
-  aarch64) TARGET=aarch64-unknown-linux-gnu; FLOOR=2.27; QEMU="qemu-aarch64 -L /usr/aarch64-linux-gnu" ;;
-  armv7) TARGET=thumbv7neon-unknown-linux-gnueabihf; FLOOR=2.28; QEMU="qemu-arm -L /usr/arm-linux-gnueabihf" ;;
-  *) usage ;;
-esac
+# shellcheck source=cross/boards.sh
+. "$ROOT/cross/boards.sh"
+board "$ARCH" || usage
 CPU=""; EVAL=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -54,7 +52,7 @@ if [ -n "$CPU" ]; then export QEMU_CPU="$CPU"; fi
 export EDGE_BERT_TEST_RUNNER="$QEMU"
 cd "$ROOT"
 # The test executables, from cargo's build messages (no rebuild: build.sh did it).
-mapfile -t EXES < <(cargo-zigbuild test --target "$TARGET.$FLOOR" -p edge-bert --no-run \
+mapfile -t EXES < <(cargo-zigbuild test --target "$TARGET.$GLIBC_FLOOR" -p edge-bert --no-run \
   --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
