@@ -60,6 +60,17 @@ impl Classifier {
     /// Builds the tokenizer and every bucket's plan. `buckets` overrides the
     /// manifest's bucket list.
     pub fn new(bundle: &Bundle, buckets: Option<&[usize]>) -> Result<Classifier> {
+        Classifier::new_with(bundle, buckets, false)
+    }
+
+    /// Like [`Classifier::new`], but each bucket's plan is built when a text
+    /// first needs it ([`Engine::load_lazy`]): for one-shot use, where the
+    /// first answer matters more than a memory bound known at load time.
+    pub fn new_lazy(bundle: &Bundle, buckets: Option<&[usize]>) -> Result<Classifier> {
+        Classifier::new_with(bundle, buckets, true)
+    }
+
+    fn new_with(bundle: &Bundle, buckets: Option<&[usize]>, lazy: bool) -> Result<Classifier> {
         let m = &bundle.manifest;
         let buckets = match buckets {
             Some(b) => {
@@ -79,7 +90,11 @@ impl Classifier {
         }
         let tokenizer = TextTokenizer::from_bytes(&bundle.tokenizer_bytes, m.max_seq_len)?;
         let format = ModelFormat::from_file_name(&m.model)?;
-        let engine = Engine::load(&bundle.model_bytes, format, &buckets, m.labels.len())?;
+        let engine = if lazy {
+            Engine::load_lazy(&bundle.model_bytes, format, &buckets, m.labels.len())?
+        } else {
+            Engine::load(&bundle.model_bytes, format, &buckets, m.labels.len())?
+        };
         for name in engine.input_names() {
             if !m.inputs.contains(name) {
                 return Err(Error::Model(format!(

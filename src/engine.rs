@@ -1,5 +1,10 @@
-//! The tract engine: one optimised, fixed-shape plan per length bucket, all
-//! built at load time, each with a state that is spawned once and reused.
+//! The tract engine: one optimised, fixed-shape plan per length bucket,
+//! each with a state that is spawned once and reused.
+//!
+//! [`Engine::load`] builds every bucket's plan at load time (what `serve`
+//! needs: memory known at start-up). [`Engine::load_lazy`] builds a bucket's
+//! plan the first time a text needs it, which is what a one-shot
+//! `classify` wants: it answers after building one plan, not four.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
@@ -65,7 +70,13 @@ pub fn set_parallel_build(on: bool) {
 }
 
 pub struct Engine {
-    plans: Vec<BucketPlan>,
+    /// Bucket lengths, smallest first.
+    lens: Vec<usize>,
+    /// One plan per bucket; `None` until built (lazy engines only).
+    plans: Vec<Option<BucketPlan>>,
+    /// Lazy engines: the decluttered model and its length symbol, kept
+    /// until every bucket's plan is built.
+    pending: Option<(TypedModel, Symbol)>,
     roles: Vec<InputRole>,
     input_names: Vec<String>,
     n_outputs: usize,
@@ -91,6 +102,29 @@ impl Engine {
         format: ModelFormat,
         buckets: &[usize],
         n_labels: usize,
+    ) -> Result<Engine> {
+        Engine::load_with(model_bytes, format, buckets, n_labels, false)
+    }
+
+    /// Like [`Engine::load`], but builds each bucket's plan on first use
+    /// (on the calling thread) and keeps the decluttered model until all
+    /// are built. Same results; less work before the first answer, and no
+    /// memory bound known at load time.
+    pub fn load_lazy(
+        model_bytes: &[u8],
+        format: ModelFormat,
+        buckets: &[usize],
+        n_labels: usize,
+    ) -> Result<Engine> {
+        Engine::load_with(model_bytes, format, buckets, n_labels, true)
+    }
+
+    fn load_with(
+        model_bytes: &[u8],
+        format: ModelFormat,
+        buckets: &[usize],
+        n_labels: usize,
+        lazy: bool,
     ) -> Result<Engine> {
         let max = *buckets
             .last()
@@ -142,27 +176,27 @@ impl Engine {
         let mut stats = describe(&typed);
         stats.dynamic_quantize_ops = swapped;
 
+        let n_inputs = roles.len();
+        if lazy {
+            let engine = Engine {
+                lens: buckets.to_vec(),
+                plans: buckets.iter().map(|_| None).collect(),
+                pending: Some((typed, seq)),
+                roles,
+                input_names,
+                n_outputs: n_labels,
+                stats,
+            };
+            log::debug!("engine: lazy, ready after {:?}", started.elapsed());
+            return Ok(engine);
+        }
         // Each bucket's plan is optimised on its own thread (this is most of
         // the load time, and the buckets are independent).
-        let build = |len: usize| -> Result<BucketPlan> {
-            let mut subs = std::collections::HashMap::new();
-            subs.insert(seq.clone(), (len as i64).to_dim());
-            let plan = typed
-                .set_symbols(&subs)
-                .and_then(|m| m.into_optimized())
-                .and_then(|m| m.into_runnable())
-                .map_err(|e| Error::Model(format!("building the plan for length {len}: {e:?}")))?;
-            let state = plan.spawn().map_err(Error::model)?;
-            let inputs = (0..roles.len())
-                .map(|_| Tensor::zero::<i64>(&[1, len]).map(Arc::new))
-                .collect::<TractResult<Vec<_>>>()
-                .map_err(Error::model)?;
-            Ok(BucketPlan { len, state, inputs })
-        };
+        let build = |len: usize| build_plan(&typed, &seq, len, n_inputs);
         let plans = if !PARALLEL_BUILD.load(std::sync::atomic::Ordering::Relaxed) {
             buckets
                 .iter()
-                .map(|&len| build(len))
+                .map(|&len| build(len).map(Some))
                 .collect::<Result<Vec<_>>>()?
         } else {
             std::thread::scope(|s| {
@@ -176,6 +210,7 @@ impl Engine {
                         h.map_err(|e| Error::io("plan builder thread", e))?
                             .join()
                             .map_err(|_| Error::Model("a plan builder panicked".into()))?
+                            .map(Some)
                     })
                     .collect::<Result<Vec<_>>>()
             })?
@@ -186,7 +221,9 @@ impl Engine {
             started.elapsed()
         );
         let mut engine = Engine {
+            lens: buckets.to_vec(),
             plans,
+            pending: None,
             roles,
             input_names,
             n_outputs: n_labels,
@@ -199,7 +236,12 @@ impl Engine {
 
     /// The bucket lengths, smallest first.
     pub fn buckets(&self) -> Vec<usize> {
-        self.plans.iter().map(|p| p.len).collect()
+        self.lens.clone()
+    }
+
+    /// How many buckets have their plan built (all, unless lazy).
+    pub fn built_buckets(&self) -> usize {
+        self.plans.iter().filter(|p| p.is_some()).count()
     }
 
     /// Model input names in graph order.
@@ -214,7 +256,7 @@ impl Engine {
 
     /// Index of the smallest bucket that holds `n` tokens.
     pub fn bucket_for(&self, n: usize) -> Option<usize> {
-        pick_bucket(self.plans.iter().map(|p| p.len), n)
+        pick_bucket(self.lens.iter().copied(), n)
     }
 
     /// Runs the model on one sequence of token ids (special tokens included)
@@ -234,10 +276,15 @@ impl Engine {
             Error::InvalidArgument(format!(
                 "{} tokens exceed the largest bucket {}",
                 ids.len(),
-                self.plans.last().map_or(0, |p| p.len)
+                self.lens.last().copied().unwrap_or(0)
             ))
         })?;
-        let plan = &mut self.plans[bucket];
+        if self.plans[bucket].is_none() {
+            self.build_bucket(bucket)?;
+        }
+        let plan = self.plans[bucket]
+            .as_mut()
+            .ok_or_else(|| Error::Model("bucket plan missing".into()))?;
         let len = plan.len;
         let mut inputs: TVec<TValue> = TVec::new();
         for (slot, role) in plan.inputs.iter_mut().zip(&self.roles) {
@@ -280,6 +327,46 @@ impl Engine {
         out.copy_from_slice(logits);
         Ok(())
     }
+}
+
+impl Engine {
+    /// Builds a lazy engine's plan for bucket `ix`; drops the decluttered
+    /// model once every bucket has its plan.
+    fn build_bucket(&mut self, ix: usize) -> Result<()> {
+        let (typed, seq) = self
+            .pending
+            .as_ref()
+            .ok_or_else(|| Error::Model("bucket plan missing and no model to build it".into()))?;
+        let started = std::time::Instant::now();
+        let plan = build_plan(typed, seq, self.lens[ix], self.roles.len())?;
+        log::debug!(
+            "engine: built the plan for length {} in {:?}",
+            self.lens[ix],
+            started.elapsed()
+        );
+        self.plans[ix] = Some(plan);
+        if self.plans.iter().all(Option::is_some) {
+            self.pending = None;
+        }
+        Ok(())
+    }
+}
+
+/// Optimises the decluttered model for one bucket length and spawns its state.
+fn build_plan(typed: &TypedModel, seq: &Symbol, len: usize, n_inputs: usize) -> Result<BucketPlan> {
+    let mut subs = std::collections::HashMap::new();
+    subs.insert(seq.clone(), (len as i64).to_dim());
+    let plan = typed
+        .set_symbols(&subs)
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| Error::Model(format!("building the plan for length {len}: {e:?}")))?;
+    let state = plan.spawn().map_err(Error::model)?;
+    let inputs = (0..n_inputs)
+        .map(|_| Tensor::zero::<i64>(&[1, len]).map(Arc::new))
+        .collect::<TractResult<Vec<_>>>()
+        .map_err(Error::model)?;
+    Ok(BucketPlan { len, state, inputs })
 }
 
 /// Index of the smallest bucket (sorted ascending) that holds `n` tokens.

@@ -305,7 +305,11 @@ fn open_backend(
     let remote = match (socket, tcp) {
         (Some(p), _) => Client::unix(&p),
         (None, Some(a)) => Client::tcp(&a),
-        (None, None) => return load(model, buckets).map(|c| Backend::Local(Box::new(c))),
+        // In-process: build each bucket's plan when a text first needs it,
+        // so a one-shot classify answers after one plan, not all of them.
+        (None, None) => {
+            return load_with(model, buckets, true).map(|c| Backend::Local(Box::new(c)))
+        }
     };
     remote
         .map(Backend::Remote)
@@ -398,9 +402,23 @@ fn load_bundle(model: Option<&Path>) -> Result<Bundle, Failure> {
 }
 
 fn load(model: Option<&Path>, buckets: Option<&[usize]>) -> Result<Classifier, Failure> {
+    load_with(model, buckets, false)
+}
+
+/// Loads the classifier; `lazy` builds bucket plans on first use.
+fn load_with(
+    model: Option<&Path>,
+    buckets: Option<&[usize]>,
+    lazy: bool,
+) -> Result<Classifier, Failure> {
     let bundle = load_bundle(model)?;
     let started = Instant::now();
-    let clf = Classifier::new(&bundle, buckets).map_err(|e| {
+    let made = if lazy {
+        Classifier::new_lazy(&bundle, buckets)
+    } else {
+        Classifier::new(&bundle, buckets)
+    };
+    let clf = made.map_err(|e| {
         let code = match e {
             Error::InvalidArgument(_) => 2,
             _ => EXIT_MODEL,
@@ -408,11 +426,12 @@ fn load(model: Option<&Path>, buckets: Option<&[usize]>) -> Result<Classifier, F
         Failure::new(code, e.to_string())
     })?;
     log::info!(
-        "loaded {} from {} in {:.2?} (buckets {:?})",
+        "loaded {} from {} in {:.2?} (buckets {:?}, {} plans built)",
         clf.manifest().name,
         clf.source(),
         started.elapsed(),
-        clf.engine().buckets()
+        clf.engine().buckets(),
+        clf.engine().built_buckets()
     );
     Ok(clf)
 }

@@ -186,3 +186,32 @@ fn every_bucket_gives_the_same_logits() {
         }
     }
 }
+
+#[test]
+fn lazy_engine_builds_on_first_use_and_matches_eager() {
+    // A lazy classifier (what a one-shot `classify` uses) builds a bucket's
+    // plan only when a text needs it, and answers exactly as the eager one.
+    let bundle = edge_bert::Bundle::load_dir(tiny_dir()).unwrap();
+    let mut eager = edge_bert::Classifier::new(&bundle, None).unwrap();
+    let mut lazy = edge_bert::Classifier::new_lazy(&bundle, None).unwrap();
+    let n = eager.engine().buckets().len();
+    assert!(n >= 2);
+    assert_eq!(eager.engine().built_buckets(), n);
+    assert_eq!(lazy.engine().built_buckets(), 0);
+    assert_eq!(lazy.engine().buckets(), eager.engine().buckets());
+    let long = "a long text about a film that goes on and on ".repeat(8);
+    let texts = ["short", long.as_str(), "short again", ""];
+    for (i, t) in texts.iter().enumerate() {
+        let a = eager.logits(t).unwrap().0;
+        let b = lazy.logits(t).unwrap().0;
+        assert_eq!(a, b, "{t:?}");
+        if i == 0 {
+            assert_eq!(lazy.engine().built_buckets(), 1);
+        }
+    }
+    assert_eq!(
+        lazy.engine().built_buckets(),
+        2,
+        "only the buckets used are built"
+    );
+}
