@@ -8,7 +8,9 @@
 //! tract with one
 //! optimised fixed-shape plan per length bucket. All plans and their states
 //! are built once at load time and reused for every text, so memory is known
-//! at start-up and short texts cost less compute than long ones.
+//! at start-up and short texts cost less compute than long ones
+//! ([`Classifier::new_lazy`] instead builds each plan on first use, for
+//! one-shot runs).
 //!
 //! ```no_run
 //! let mut clf = edge_bert::Classifier::from_dir("models/sentiment-fp32")?;
