@@ -34,7 +34,7 @@
 //! - everything else, and the tails: the portable scalar code.
 //!
 //! Every path is tested bit-exact against the scalar reference
-//! ([`reference`]), with property tests, and the aarch64 path also runs
+//! ([`mod@reference`]), with property tests, and the aarch64 path also runs
 //! under qemu in `cross/test.sh`.
 
 use tract_onnx::prelude::*;
