@@ -71,7 +71,13 @@ pub fn path() -> Path {
 pub mod reference {
     /// `(min(0, min x), max(0, max x))`, NaN ignored.
     pub fn min_max(xs: &[f32]) -> (f32, f32) {
-        let (mut lo, mut hi) = (0.0f32, 0.0f32);
+        fold_range(xs, 0.0, 0.0)
+    }
+
+    /// Widens the range `(lo, hi)` to cover `xs`, NaN ignored (`x < lo`
+    /// and `x > hi` are false for NaN, and for -0.0 against 0.0).
+    pub fn fold_range(xs: &[f32], lo: f32, hi: f32) -> (f32, f32) {
+        let (mut lo, mut hi) = (lo, hi);
         for &x in xs {
             if x < lo {
                 lo = x;
@@ -138,24 +144,19 @@ pub fn quantize(xs: &[f32], scale: f32, zp: u8, ys: &mut [u8]) {
     }
 }
 
-/// Combines per-lane ranges exactly as the scalar fold would.
-#[allow(dead_code)]
-fn fold_lanes(lanes: &[f32], lo: f32, hi: f32) -> (f32, f32) {
-    let (mut lo, mut hi) = (lo, hi);
-    for &x in lanes {
-        if x < lo {
-            lo = x;
-        }
-        if x > hi {
-            hi = x;
-        }
-    }
-    (lo, hi)
+/// The SIMD paths' last step: the per-lane minima and maxima, then the
+/// values left over after the last full vector, folded exactly as the
+/// scalar reference would.
+#[allow(dead_code)] // unused where there is no SIMD path (armv7)
+fn combine_lanes(lo_lanes: &[f32], hi_lanes: &[f32], tail: &[f32]) -> (f32, f32) {
+    let (lo, _) = reference::fold_range(lo_lanes, 0.0, 0.0);
+    let (_, hi) = reference::fold_range(hi_lanes, 0.0, 0.0);
+    reference::fold_range(tail, lo, hi)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{fold_lanes, reference};
+    use super::{combine_lanes, reference};
     use std::arch::x86_64::*;
 
     /// `_mm256_min_ps(x, acc)` returns `acc` when `x` is NaN, and `acc`
@@ -179,10 +180,7 @@ mod x86 {
             _mm256_storeu_ps(l.as_mut_ptr(), lo);
             _mm256_storeu_ps(h.as_mut_ptr(), hi);
         }
-        let (a, _) = fold_lanes(&l, 0.0, 0.0);
-        let (_, b) = fold_lanes(&h, 0.0, 0.0);
-        let (t_lo, t_hi) = reference::min_max(tail);
-        fold_lanes(&[t_lo, t_hi], a, b)
+        combine_lanes(&l, &h, tail)
     }
 
     /// Eight values per step: divide, round to nearest even (the default
@@ -219,7 +217,7 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
-    use super::{fold_lanes, reference};
+    use super::{combine_lanes, reference};
     use std::arch::aarch64::*;
 
     /// Compare-and-select, so NaN and signed zeros behave as the scalar
@@ -243,10 +241,7 @@ mod arm {
             vst1q_f32(l.as_mut_ptr(), lo);
             vst1q_f32(h.as_mut_ptr(), hi);
         }
-        let (a, _) = fold_lanes(&l, 0.0, 0.0);
-        let (_, b) = fold_lanes(&h, 0.0, 0.0);
-        let (t_lo, t_hi) = reference::min_max(tail);
-        fold_lanes(&[t_lo, t_hi], a, b)
+        combine_lanes(&l, &h, tail)
     }
 
     /// Four values per step: divide, round to nearest even (`frintn`), add

@@ -51,7 +51,6 @@ pub struct ModelStats {
 }
 
 struct BucketPlan {
-    len: usize,
     state: TypedSimpleState,
     /// One `[1, len]` i64 tensor per model input, allocated once and
     /// refilled for every text (tract drops its references after a run).
@@ -282,10 +281,10 @@ impl Engine {
         if self.plans[bucket].is_none() {
             self.build_bucket(bucket)?;
         }
+        let len = self.lens[bucket];
         let plan = self.plans[bucket]
             .as_mut()
             .ok_or_else(|| Error::Model("bucket plan missing".into()))?;
-        let len = plan.len;
         let mut inputs: TVec<TValue> = TVec::new();
         for (slot, role) in plan.inputs.iter_mut().zip(&self.roles) {
             if Arc::get_mut(slot).is_none() {
@@ -366,7 +365,7 @@ fn build_plan(typed: &TypedModel, seq: &Symbol, len: usize, n_inputs: usize) -> 
         .map(|_| Tensor::zero::<i64>(&[1, len]).map(Arc::new))
         .collect::<TractResult<Vec<_>>>()
         .map_err(Error::model)?;
-    Ok(BucketPlan { len, state, inputs })
+    Ok(BucketPlan { state, inputs })
 }
 
 /// Index of the smallest bucket (sorted ascending) that holds `n` tokens.
