@@ -8,8 +8,10 @@ ROUNDS times; the medians are printed. Tokenising is included everywhere.
 
 Figures per engine: texts/s over the texts, p50/p99 latency per text, cold
 start (wall time of a fresh process that loads the model and answers one
-text, measured from outside the same way for every engine) and peak RSS
-(the process's max resident set).
+text, measured from outside the same way for every engine), peak RSS (the
+process's max resident set, loading included) and serving RSS (the peak
+from after warm-up to the end of the run: the high-water mark is reset
+then, through /proc/self/clear_refs).
 
 Run it through bench/compare.sh, which builds edge-bert and sets up the venv.
 """
@@ -71,6 +73,8 @@ def worker(args):
     texts = read_texts(args.data, args.limit)
     for t in texts[:20]:
         ort_classify(sess, tok, t)
+    # The serving phase gets its own high-water mark (Linux: clear_refs 5).
+    serving = reset_peak_rss()
     lat = []
     start = time.perf_counter()
     for t in texts:
@@ -84,7 +88,24 @@ def worker(args):
         "latency_ms_p50": lat[len(lat) // 2],
         "latency_ms_p99": lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))],
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "serving_peak_rss_kib": vm_hwm_kib() if serving else None,
     }))
+
+
+def reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def vm_hwm_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
 
 
 def cold_start(cmd):
@@ -144,15 +165,16 @@ def main():
 
     med = {name: {k: statistics.median(f[k] for f in figs)
                   for k in ("texts_per_second", "latency_ms_p50", "latency_ms_p99",
-                            "cold_start_ms", "peak_rss_kib")}
+                            "cold_start_ms", "peak_rss_kib", "serving_peak_rss_kib")}
            for name, figs in runs.items()}
     n = len(read_texts(args.data, args.limit))
     print(f"\n{n} texts from {args.data}, single thread, medians of {args.rounds} interleaved rounds\n")
-    print("| engine | texts/s | p50 ms | p99 ms | cold start ms | peak RSS MiB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| engine | texts/s | p50 ms | p99 ms | cold start ms | peak RSS MiB | serving RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, m in med.items():
         print(f"| {name} | {m['texts_per_second']:.1f} | {m['latency_ms_p50']:.2f} | "
-              f"{m['latency_ms_p99']:.2f} | {m['cold_start_ms']:.0f} | {m['peak_rss_kib'] / 1024:.0f} |")
+              f"{m['latency_ms_p99']:.2f} | {m['cold_start_ms']:.0f} | {m['peak_rss_kib'] / 1024:.0f} | "
+              f"{m['serving_peak_rss_kib'] / 1024:.0f} |")
     print()
     for prec in ("fp32", "int8"):
         e, o = med[f"edge-bert {prec}"], med[f"ORT {prec}"]
@@ -161,6 +183,9 @@ def main():
               f"peak RSS {e['peak_rss_kib'] / o['peak_rss_kib']:.2f}x")
     e8, e32 = med["edge-bert int8"], med["edge-bert fp32"]
     print(f"edge-bert int8/fp32 throughput: {e8['texts_per_second'] / e32['texts_per_second']:.2f}x")
+    bundle = sum(f.stat().st_size for f in Path(args.int8).iterdir() if f.name in ("model.onnx", "tokenizer.json"))
+    print(f"edge-bert int8 RSS / int8 bundle ({bundle / 2**20:.1f} MiB): peak {e8['peak_rss_kib'] * 1024 / bundle:.2f}x, "
+          f"serving {e8['serving_peak_rss_kib'] * 1024 / bundle:.2f}x")
     print(json.dumps({"texts": n, "rounds": args.rounds, "medians": med}))
 
 

@@ -37,6 +37,16 @@ pub struct Bundle {
 impl Bundle {
     /// Loads `dir/manifest.json` and the files it names, checking sizes and hashes.
     pub fn load_dir(dir: impl AsRef<Path>) -> Result<Bundle> {
+        let (bundle, check) = Bundle::load_dir_deferred(dir)?;
+        check.run(&bundle.model_bytes)?;
+        Ok(bundle)
+    }
+
+    /// Like [`Bundle::load_dir`], but leaves the model file's SHA-256 (the
+    /// slow part) to the caller: run the returned check before trusting the
+    /// model, for example on another thread while the model is decoded.
+    /// Everything else, the model file's size included, is checked here.
+    pub fn load_dir_deferred(dir: impl AsRef<Path>) -> Result<(Bundle, ModelCheck)> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return Err(Error::MissingModelDir {
@@ -53,14 +63,20 @@ impl Bundle {
             path: manifest_path.clone(),
             reason,
         })?;
-        let model_bytes = read_verified(dir, &manifest, &manifest.model)?;
+        let model_bytes = read_file(&dir.join(&manifest.model))?;
+        let check = ModelCheck {
+            dir: dir.to_path_buf(),
+            manifest: manifest.clone(),
+        };
+        check_size(dir, &manifest, &manifest.model, &model_bytes)?;
         let tokenizer_bytes = read_verified(dir, &manifest, &manifest.tokenizer)?;
-        Ok(Bundle {
+        let bundle = Bundle {
             manifest,
             source: Source::Dir(dir.to_path_buf()),
             model_bytes: Cow::Owned(model_bytes),
             tokenizer_bytes: Cow::Owned(tokenizer_bytes),
-        })
+        };
+        Ok((bundle, check))
     }
 
     /// Builds a bundle from in-memory parts (used for the embedded model),
@@ -92,6 +108,21 @@ impl Bundle {
     }
 }
 
+/// The model file's hash check that [`Bundle::load_dir_deferred`] left to do.
+#[must_use = "the model file is not verified until the check runs"]
+#[derive(Debug)]
+pub struct ModelCheck {
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+impl ModelCheck {
+    /// Checks the model file's bytes against the manifest's SHA-256.
+    pub fn run(&self, model_bytes: &[u8]) -> Result<()> {
+        verify(&self.dir, &self.manifest, &self.manifest.model, model_bytes)
+    }
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -110,20 +141,31 @@ fn read_verified(dir: &Path, manifest: &Manifest, name: &str) -> Result<Vec<u8>>
     Ok(bytes)
 }
 
-/// Checks `bytes` against the manifest entry for `name`.
-pub fn verify(dir: &Path, manifest: &Manifest, name: &str, bytes: &[u8]) -> Result<()> {
-    let path = dir.join(name);
+/// Checks the size of `bytes` against the manifest entry for `name`.
+fn check_size<'m>(
+    dir: &Path,
+    manifest: &'m Manifest,
+    name: &str,
+    bytes: &[u8],
+) -> Result<&'m crate::manifest::FileEntry> {
     let entry = manifest.file(name).ok_or_else(|| Error::Manifest {
         path: dir.join("manifest.json"),
         reason: format!("{name} is not listed in files"),
     })?;
     if entry.bytes != bytes.len() as u64 {
         return Err(Error::SizeMismatch {
-            path,
+            path: dir.join(name),
             expected: entry.bytes,
             actual: bytes.len() as u64,
         });
     }
+    Ok(entry)
+}
+
+/// Checks `bytes` against the manifest entry for `name`: size, then SHA-256.
+pub fn verify(dir: &Path, manifest: &Manifest, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let entry = check_size(dir, manifest, name, bytes)?;
     let actual = sha256_hex(bytes);
     if !actual.eq_ignore_ascii_case(&entry.sha256) {
         return Err(Error::ChecksumMismatch {

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::bundle::Bundle;
-use crate::engine::{Engine, ModelFormat};
+use crate::engine::{DecodedModel, Engine, ModelFormat};
 use crate::error::{Error, Result};
 use crate::manifest::{check_buckets, Manifest};
 use crate::postprocess::{argmax, softmax_into};
@@ -43,6 +43,11 @@ pub struct Classification {
     pub truncated: bool,
 }
 
+/// Decodes the bundle's model file, in the format its manifest names.
+fn decode_model(bundle: &Bundle, bytes: &[u8]) -> Result<DecodedModel> {
+    crate::engine::decode(bytes, ModelFormat::from_file_name(&bundle.manifest.model)?)
+}
+
 /// A loaded bundle, ready to classify texts.
 #[derive(Debug)]
 pub struct Classifier {
@@ -60,17 +65,92 @@ impl Classifier {
     /// Builds the tokenizer and every bucket's plan. `buckets` overrides the
     /// manifest's bucket list.
     pub fn new(bundle: &Bundle, buckets: Option<&[usize]>) -> Result<Classifier> {
-        Classifier::new_with(bundle, buckets, false)
+        Classifier::new_with(
+            bundle,
+            decode_model(bundle, &bundle.model_bytes)?,
+            buckets,
+            false,
+        )
     }
 
     /// Like [`Classifier::new`], but each bucket's plan is built when a text
     /// first needs it ([`Engine::load_lazy`]): for one-shot use, where the
     /// first answer matters more than a memory bound known at load time.
     pub fn new_lazy(bundle: &Bundle, buckets: Option<&[usize]>) -> Result<Classifier> {
-        Classifier::new_with(bundle, buckets, true)
+        Classifier::new_with(
+            bundle,
+            decode_model(bundle, &bundle.model_bytes)?,
+            buckets,
+            true,
+        )
     }
 
-    fn new_with(bundle: &Bundle, buckets: Option<&[usize]>, lazy: bool) -> Result<Classifier> {
+    /// Like [`Classifier::new`] (or [`Classifier::new_lazy`] when `lazy`),
+    /// but takes the bundle, so the model file's bytes are freed as soon as
+    /// they are decoded (for the embedded bundle, its pages are dropped from
+    /// the resident set): a lower peak while loading.
+    pub fn from_bundle(
+        bundle: Bundle,
+        buckets: Option<&[usize]>,
+        lazy: bool,
+    ) -> Result<Classifier> {
+        Classifier::from_parts(bundle, buckets, lazy)
+    }
+
+    /// Loads the bundle in `dir` (see [`Bundle::load_dir`]), freeing the
+    /// model file's bytes once decoded, like [`Classifier::from_bundle`].
+    ///
+    /// When `lazy` (a one-shot classify, where time to the first answer is
+    /// what counts), the model file's SHA-256 is computed on a second thread
+    /// while this one decodes the model and builds the engine, and the bytes
+    /// are kept until both are done. Otherwise the hash comes first and the
+    /// bytes are freed before the engine is built (a lower peak, for a
+    /// server). Either way a file that fails its check is an error, and no
+    /// classifier is returned.
+    pub fn load_dir(
+        dir: impl AsRef<std::path::Path>,
+        buckets: Option<&[usize]>,
+        lazy: bool,
+    ) -> Result<Classifier> {
+        let (mut bundle, check) = Bundle::load_dir_deferred(dir)?;
+        if !lazy {
+            check.run(&bundle.model_bytes)?;
+            return Classifier::from_parts(bundle, buckets, lazy);
+        }
+        let bytes = std::mem::take(&mut bundle.model_bytes);
+        std::thread::scope(|s| {
+            let hashing = std::thread::Builder::new().spawn_scoped(s, || check.run(&bytes));
+            let built = decode_model(&bundle, &bytes)
+                .and_then(|decoded| Classifier::new_with(&bundle, decoded, buckets, lazy));
+            let checked = match hashing {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Model("the hashing thread panicked".into()))),
+                // No second thread: hash here.
+                Err(_) => check.run(&bytes),
+            };
+            // A file that fails its check is reported as such, whatever the
+            // decoder made of it.
+            checked.and(built)
+        })
+    }
+
+    fn from_parts(mut bundle: Bundle, buckets: Option<&[usize]>, lazy: bool) -> Result<Classifier> {
+        let bytes = std::mem::take(&mut bundle.model_bytes);
+        let decoded = decode_model(&bundle, &bytes)?;
+        drop(bytes);
+        if bundle.source == crate::bundle::Source::Embedded {
+            crate::embedded::release_model_pages();
+        }
+        Classifier::new_with(&bundle, decoded, buckets, lazy)
+    }
+
+    fn new_with(
+        bundle: &Bundle,
+        decoded: DecodedModel,
+        buckets: Option<&[usize]>,
+        lazy: bool,
+    ) -> Result<Classifier> {
         let m = &bundle.manifest;
         let buckets = match buckets {
             Some(b) => {
@@ -89,12 +169,7 @@ impl Classifier {
             )));
         }
         let tokenizer = TextTokenizer::from_bytes(&bundle.tokenizer_bytes, m.max_seq_len)?;
-        let format = ModelFormat::from_file_name(&m.model)?;
-        let engine = if lazy {
-            Engine::load_lazy(&bundle.model_bytes, format, &buckets, m.labels.len())?
-        } else {
-            Engine::load(&bundle.model_bytes, format, &buckets, m.labels.len())?
-        };
+        let engine = Engine::from_decoded(decoded, &buckets, m.labels.len(), lazy)?;
         for name in engine.input_names() {
             if !m.inputs.contains(name) {
                 return Err(Error::Model(format!(

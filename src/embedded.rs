@@ -17,6 +17,35 @@ mod inner {
     pub fn bundle() -> Option<Result<Bundle>> {
         Some(Bundle::from_static(MANIFEST, MODEL, TOKENIZER))
     }
+
+    /// Drops the embedded model file's pages from this process's resident
+    /// set. Once a classifier is built nothing reads them again; they are
+    /// read-only pages of the executable, so a later read would only fault
+    /// them back in from the file, with the same bytes. Harmless if they
+    /// were never touched.
+    pub fn release_model_pages() {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            let Ok(page) = usize::try_from(page) else {
+                return;
+            };
+            if page == 0 {
+                return;
+            }
+            let start = (MODEL.as_ptr() as usize).div_ceil(page) * page;
+            let end = (MODEL.as_ptr() as usize + MODEL.len()) / page * page;
+            if end > start {
+                // SAFETY: the range lies inside the `MODEL` static, a
+                // read-only mapping of the executable file, so dropping its
+                // pages cannot lose data: they are reloaded from the file.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(not(feature = "embedded-model"))]
@@ -27,6 +56,9 @@ mod inner {
     pub fn bundle() -> Option<Result<Bundle>> {
         None
     }
+
+    /// Nothing embedded, nothing to release.
+    pub fn release_model_pages() {}
 }
 
 pub use inner::*;

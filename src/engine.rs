@@ -6,11 +6,13 @@
 //! plan the first time a text needs it, which is what a one-shot
 //! `classify` wants: it answers after building one plan, not four.
 
+use prost::Message;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
 
 use crate::error::{Error, Result};
 use crate::manifest::{check_buckets, InputRole};
+use crate::weights::WeightPool;
 
 /// How a model file is encoded, decided from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,12 @@ pub struct ModelStats {
     pub matmuls: Vec<MatmulInfo>,
     /// `DynamicQuantizeLinear` nodes run by [`crate::dynquant`]'s op.
     pub dynamic_quantize_ops: usize,
+    /// Bytes of weight buffers (packed matrices, large constants) the built
+    /// plans hold, each counted once ([`crate::weights::WeightPool`]).
+    pub weight_bytes: usize,
+    /// Bytes of duplicate weight buffers freed because a plan shares them
+    /// with an earlier one.
+    pub shared_weight_bytes: usize,
 }
 
 struct BucketPlan {
@@ -75,11 +83,35 @@ pub struct Engine {
     plans: Vec<Option<BucketPlan>>,
     /// Lazy engines: the decluttered model and its length symbol, kept
     /// until every bucket's plan is built.
-    pending: Option<(TypedModel, Symbol)>,
+    pending: Option<(TypedModel, Symbol, WeightPool)>,
     roles: Vec<InputRole>,
     input_names: Vec<String>,
     n_outputs: usize,
     stats: ModelStats,
+}
+
+/// A model file decoded into its protobuf, not yet handed to tract.
+///
+/// Loading is split in two so the caller can free the file's bytes between
+/// the steps: the bytes, the protobuf and tract's tensors are each a full
+/// copy of the weights, and this way at most two are alive at once. (tract's
+/// own `model_for_read` also first copies the file into a buffer of its own.)
+pub enum DecodedModel {
+    Onnx(tract_onnx::pb::ModelProto),
+}
+
+impl std::fmt::Debug for DecodedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecodedModel::Onnx")
+    }
+}
+
+/// Decodes a model file's bytes (first step of loading; see [`DecodedModel`]).
+pub fn decode(model_bytes: &[u8], format: ModelFormat) -> Result<DecodedModel> {
+    let ModelFormat::Onnx = format;
+    tract_onnx::pb::ModelProto::decode(model_bytes)
+        .map(DecodedModel::Onnx)
+        .map_err(|e| Error::Model(format!("decoding the ONNX protobuf: {e}")))
 }
 
 impl std::fmt::Debug for Engine {
@@ -102,7 +134,7 @@ impl Engine {
         buckets: &[usize],
         n_labels: usize,
     ) -> Result<Engine> {
-        Engine::load_with(model_bytes, format, buckets, n_labels, false)
+        Engine::from_decoded(decode(model_bytes, format)?, buckets, n_labels, false)
     }
 
     /// Like [`Engine::load`], but builds each bucket's plan on first use
@@ -115,12 +147,14 @@ impl Engine {
         buckets: &[usize],
         n_labels: usize,
     ) -> Result<Engine> {
-        Engine::load_with(model_bytes, format, buckets, n_labels, true)
+        Engine::from_decoded(decode(model_bytes, format)?, buckets, n_labels, true)
     }
 
-    fn load_with(
-        model_bytes: &[u8],
-        format: ModelFormat,
+    /// Builds an engine from a decoded model file (see [`decode`]); `lazy`
+    /// as in [`Engine::load_lazy`]. The decoded protobuf is dropped as soon
+    /// as tract has its own model.
+    pub fn from_decoded(
+        decoded: DecodedModel,
         buckets: &[usize],
         n_labels: usize,
         lazy: bool,
@@ -129,11 +163,12 @@ impl Engine {
             .last()
             .ok_or_else(|| Error::InvalidArgument("no length buckets given".into()))?;
         check_buckets(buckets, max).map_err(Error::InvalidArgument)?;
-        let ModelFormat::Onnx = format;
         let started = std::time::Instant::now();
+        let DecodedModel::Onnx(proto) = decoded;
         let mut model = tract_onnx::onnx()
-            .model_for_read(&mut &*model_bytes)
+            .model_for_proto_model(&proto)
             .map_err(Error::model)?;
+        drop(proto);
 
         let seq = model.symbols.sym("S");
         let mut roles = Vec::new();
@@ -180,7 +215,7 @@ impl Engine {
             let engine = Engine {
                 lens: buckets.to_vec(),
                 plans: buckets.iter().map(|_| None).collect(),
-                pending: Some((typed, seq)),
+                pending: Some((typed, seq, WeightPool::default())),
                 roles,
                 input_names,
                 n_outputs: n_labels,
@@ -189,19 +224,23 @@ impl Engine {
             log::debug!("engine: lazy, ready after {:?}", started.elapsed());
             return Ok(engine);
         }
-        // Each bucket's plan is optimised on its own thread (this is most of
-        // the load time, and the buckets are independent).
-        let build = |len: usize| build_plan(&typed, &seq, len, n_inputs);
+        // Optimising the plans is most of the load time. Built one after the
+        // other, each plan gives its weights to the pool before the next
+        // starts, so at most one duplicate copy exists at a time. Built on
+        // parallel threads (faster on 2 cores), all duplicates exist until
+        // the threads join and the pool frees them.
+        let mut pool = WeightPool::default();
+        let optimise = |len: usize| optimise_for(&typed, &seq, len);
         let plans = if !PARALLEL_BUILD.load(std::sync::atomic::Ordering::Relaxed) {
             buckets
                 .iter()
-                .map(|&len| build(len).map(Some))
+                .map(|&len| finish_plan(optimise(len)?, len, n_inputs, &mut pool).map(Some))
                 .collect::<Result<Vec<_>>>()?
         } else {
-            std::thread::scope(|s| {
+            let optimised = std::thread::scope(|s| {
                 let handles: Vec<_> = buckets
                     .iter()
-                    .map(|&len| std::thread::Builder::new().spawn_scoped(s, move || build(len)))
+                    .map(|&len| std::thread::Builder::new().spawn_scoped(s, move || optimise(len)))
                     .collect();
                 handles
                     .into_iter()
@@ -209,11 +248,25 @@ impl Engine {
                         h.map_err(|e| Error::io("plan builder thread", e))?
                             .join()
                             .map_err(|_| Error::Model("a plan builder panicked".into()))?
-                            .map(Some)
                     })
                     .collect::<Result<Vec<_>>>()
-            })?
+            })?;
+            optimised
+                .into_iter()
+                .zip(buckets)
+                .map(|(m, &len)| finish_plan(m, len, n_inputs, &mut pool).map(Some))
+                .collect::<Result<Vec<_>>>()?
         };
+        log::debug!(
+            "engine: weights held once: {} bytes; {} duplicate bytes freed",
+            pool.held_bytes,
+            pool.saved_bytes
+        );
+        stats.weight_bytes = pool.held_bytes;
+        stats.shared_weight_bytes = pool.saved_bytes;
+        drop(pool);
+        drop(typed);
+        release_free_heap();
         log::debug!(
             "engine: {} plans built after {:?}",
             plans.len(),
@@ -332,17 +385,19 @@ impl Engine {
     /// Builds a lazy engine's plan for bucket `ix`; drops the decluttered
     /// model once every bucket has its plan.
     fn build_bucket(&mut self, ix: usize) -> Result<()> {
-        let (typed, seq) = self
+        let (typed, seq, pool) = self
             .pending
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| Error::Model("bucket plan missing and no model to build it".into()))?;
         let started = std::time::Instant::now();
-        let plan = build_plan(typed, seq, self.lens[ix], self.roles.len())?;
+        let len = self.lens[ix];
+        let plan = finish_plan(optimise_for(typed, seq, len)?, len, self.roles.len(), pool)?;
         log::debug!(
-            "engine: built the plan for length {} in {:?}",
-            self.lens[ix],
+            "engine: built the plan for length {len} in {:?}",
             started.elapsed()
         );
+        self.stats.weight_bytes = pool.held_bytes;
+        self.stats.shared_weight_bytes = pool.saved_bytes;
         self.plans[ix] = Some(plan);
         if self.plans.iter().all(Option::is_some) {
             self.pending = None;
@@ -351,21 +406,48 @@ impl Engine {
     }
 }
 
-/// Optimises the decluttered model for one bucket length and spawns its state.
-fn build_plan(typed: &TypedModel, seq: &Symbol, len: usize, n_inputs: usize) -> Result<BucketPlan> {
+/// Optimises the decluttered model for one bucket length.
+fn optimise_for(typed: &TypedModel, seq: &Symbol, len: usize) -> Result<TypedModel> {
     let mut subs = std::collections::HashMap::new();
     subs.insert(seq.clone(), (len as i64).to_dim());
-    let plan = typed
+    typed
         .set_symbols(&subs)
         .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| Error::Model(format!("building the plan for length {len}: {e:?}")))?;
+        .map_err(|e| Error::Model(format!("building the plan for length {len}: {e:?}")))
+}
+
+/// Shares the optimised model's weights through `pool`, then makes it
+/// runnable and spawns its state.
+fn finish_plan(
+    mut optimised: TypedModel,
+    len: usize,
+    n_inputs: usize,
+    pool: &mut WeightPool,
+) -> Result<BucketPlan> {
+    let shared = pool.share(&mut optimised);
+    log::debug!(
+        "engine: plan for length {len}: {} weight bytes shared with earlier plans, {} new",
+        shared.shared_bytes,
+        shared.new_bytes
+    );
+    let plan = optimised.into_runnable().map_err(Error::model)?;
     let state = plan.spawn().map_err(Error::model)?;
     let inputs = (0..n_inputs)
         .map(|_| Tensor::zero::<i64>(&[1, len]).map(Arc::new))
         .collect::<TractResult<Vec<_>>>()
         .map_err(Error::model)?;
     Ok(BucketPlan { state, inputs })
+}
+
+/// Hands the heap pages freed while loading (the parsed protobuf, the
+/// decluttered model, duplicate weights) back to the system. glibc keeps
+/// freed memory in its arenas otherwise, where it still counts as resident.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Index of the smallest bucket (sorted ascending) that holds `n` tokens.
@@ -419,6 +501,33 @@ mod tests {
         assert_eq!(pick_bucket(b, 17), Some(1));
         assert_eq!(pick_bucket(b, 128), Some(3));
         assert_eq!(pick_bucket(b, 129), None);
+    }
+
+    /// Plans that share weight buffers compute exactly what plans built
+    /// alone (nothing shared) compute.
+    #[test]
+    fn shared_weights_give_the_same_logits_as_plans_built_alone() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny/model.onnx");
+        let bytes = std::fs::read(path).unwrap();
+        let mut shared = Engine::load(&bytes, ModelFormat::Onnx, &[8, 16, 32], 2).unwrap();
+        assert!(
+            shared.stats().shared_weight_bytes > 0,
+            "{:?}",
+            shared.stats()
+        );
+        assert!(shared.stats().weight_bytes > 0);
+        for (len, bucket) in [(5u32, 8), (12, 16), (30, 32)] {
+            let mut alone = Engine::load(&bytes, ModelFormat::Onnx, &[bucket], 2).unwrap();
+            assert_eq!(alone.stats().shared_weight_bytes, 0);
+            let ids: Vec<u32> = (0..len).map(|i| (101 + i * 37) % 641).collect();
+            let a = shared.logits(&ids).unwrap();
+            let b = alone.logits(&ids).unwrap();
+            assert_eq!(
+                a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "length {len}"
+            );
+        }
     }
 
     #[test]

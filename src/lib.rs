@@ -64,6 +64,7 @@ pub mod protocol;
 pub mod serial;
 pub mod server;
 pub mod tokenize;
+pub mod weights;
 
 pub use bundle::Bundle;
 pub use classifier::{Classification, Classifier, Outcome};

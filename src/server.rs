@@ -60,6 +60,14 @@ pub fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Resets this process's peak resident memory (VmHWM) to its current
+/// resident set, so that a later [`peak_rss_kib`] gives the peak since now.
+/// Returns false where Linux does not allow it.
+pub fn reset_peak_rss() -> bool {
+    // Writing "5" to clear_refs resets the high-water mark (Linux >= 4.0).
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Latency samples in a fixed ring, and counters.
 struct Metrics {
     requests: AtomicU64,

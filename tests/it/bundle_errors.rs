@@ -83,3 +83,26 @@ fn not_a_model_is_a_model_error() {
     let err = edge_bert::Classifier::from_dir(tmp.path()).unwrap_err();
     assert!(matches!(err, Error::Model(_)), "{err}");
 }
+
+#[test]
+fn load_dir_hashes_while_decoding_and_still_refuses_a_bad_model() {
+    // Classifier::load_dir checks the model's SHA-256 on a second thread
+    // while it decodes: a damaged file must still be refused as such,
+    // whether or not the damage also breaks the protobuf.
+    for at in [0.5, 0.999] {
+        let tmp = copy_bundle(&tiny_dir());
+        let path = tmp.path().join("model.onnx");
+        let mut b = std::fs::read(&path).unwrap();
+        let ix = ((b.len() as f64) * at) as usize;
+        b[ix] ^= 0x55;
+        std::fs::write(&path, &b).unwrap();
+        for lazy in [false, true] {
+            let err = edge_bert::Classifier::load_dir(tmp.path(), None, lazy).unwrap_err();
+            assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+            assert!(err.to_string().contains("model.onnx"), "{err}");
+        }
+    }
+    // An intact bundle loads the same way.
+    let mut clf = edge_bert::Classifier::load_dir(tiny_dir(), None, false).unwrap();
+    assert!(clf.classify("a fine film").is_ok());
+}

@@ -212,6 +212,26 @@ fn embedded_default_is_the_int8_bundle() {
     let dq = &v["dynamic_quantize"];
     assert!(dq["ops"].as_u64().unwrap() >= 20, "{dq}");
     assert!(dq["kernel"].is_string(), "{dq}");
+    // The four bucket plans hold one copy of the weights between them:
+    // about the model file's size, not four times it.
+    let w = &v["weights"];
+    let model_file = v["manifest"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "model.onnx")
+        .unwrap()["bytes"]
+        .as_u64()
+        .unwrap();
+    let held = w["held_bytes"].as_u64().unwrap();
+    assert!(
+        held > model_file / 2 && held < model_file * 11 / 10,
+        "{w} vs {model_file}"
+    );
+    assert!(
+        w["shared_duplicate_bytes"].as_u64().unwrap() > model_file,
+        "{w}"
+    );
 }
 
 #[test]
