@@ -150,7 +150,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure speed and memory: texts/s (tokenising included), latency, cold start, peak RSS.
+    /// Measure speed and memory: texts/s (tokenising included), latency, cold start, peak RSS (loading included) and the serving-phase RSS peak.
     #[command(
         after_help = "Texts: --data FILE (LABEL<TAB>text or one text per line), else the committed\n\
         test split compiled into this binary (2,006 movie-review snippets of mixed length).\n\
