@@ -90,11 +90,17 @@ impl Classifier {
     /// they are decoded (for the embedded bundle, its pages are dropped from
     /// the resident set): a lower peak while loading.
     pub fn from_bundle(
-        bundle: Bundle,
+        mut bundle: Bundle,
         buckets: Option<&[usize]>,
         lazy: bool,
     ) -> Result<Classifier> {
-        Classifier::from_parts(bundle, buckets, lazy)
+        let bytes = std::mem::take(&mut bundle.model_bytes);
+        let decoded = decode_model(&bundle, &bytes)?;
+        drop(bytes);
+        if bundle.source == crate::bundle::Source::Embedded {
+            crate::embedded::release_model_pages();
+        }
+        Classifier::new_with(&bundle, decoded, buckets, lazy)
     }
 
     /// Loads the bundle in `dir` (see [`Bundle::load_dir`]), freeing the
@@ -115,7 +121,7 @@ impl Classifier {
         let (mut bundle, check) = Bundle::load_dir_deferred(dir)?;
         if !lazy {
             check.run(&bundle.model_bytes)?;
-            return Classifier::from_parts(bundle, buckets, lazy);
+            return Classifier::from_bundle(bundle, buckets, lazy);
         }
         let bytes = std::mem::take(&mut bundle.model_bytes);
         std::thread::scope(|s| {
@@ -133,16 +139,6 @@ impl Classifier {
             // decoder made of it.
             checked.and(built)
         })
-    }
-
-    fn from_parts(mut bundle: Bundle, buckets: Option<&[usize]>, lazy: bool) -> Result<Classifier> {
-        let bytes = std::mem::take(&mut bundle.model_bytes);
-        let decoded = decode_model(&bundle, &bytes)?;
-        drop(bytes);
-        if bundle.source == crate::bundle::Source::Embedded {
-            crate::embedded::release_model_pages();
-        }
-        Classifier::new_with(&bundle, decoded, buckets, lazy)
     }
 
     fn new_with(
@@ -188,9 +184,11 @@ impl Classifier {
         })
     }
 
-    /// Loads a bundle directory and builds it with the manifest's buckets.
+    /// Loads a bundle directory and builds it with the manifest's buckets
+    /// (every plan at load; the bytes freed once decoded, see
+    /// [`Classifier::load_dir`]).
     pub fn from_dir(dir: impl AsRef<std::path::Path>) -> Result<Classifier> {
-        Classifier::new(&Bundle::load_dir(dir)?, None)
+        Classifier::load_dir(dir, None, false)
     }
 
     pub fn manifest(&self) -> &Manifest {
