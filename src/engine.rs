@@ -266,7 +266,7 @@ impl Engine {
         stats.shared_weight_bytes = pool.saved_bytes;
         drop(pool);
         drop(typed);
-        release_free_heap();
+        crate::memory::release_free_heap();
         log::debug!(
             "engine: {} plans built after {:?}",
             plans.len(),
@@ -437,17 +437,6 @@ fn finish_plan(
         .collect::<TractResult<Vec<_>>>()
         .map_err(Error::model)?;
     Ok(BucketPlan { state, inputs })
-}
-
-/// Hands the heap pages freed while loading (the parsed protobuf, the
-/// decluttered model, duplicate weights) back to the system. glibc keeps
-/// freed memory in its arenas otherwise, where it still counts as resident.
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Index of the smallest bucket (sorted ascending) that holds `n` tokens.

@@ -41,6 +41,8 @@
 //! - [`serial`]: a tty opened raw with a read timeout (thin I/O).
 //! - [`server`]: `edge-bert serve`: Unix/TCP listeners and a serial port,
 //!   one inference worker behind a bounded queue.
+//! - [`memory`]: handing start-up memory back: the loader's code pages
+//!   once a server is ready, the heap freed while loading.
 //! - [`alloc_probe`]: thread markers that let a test's counting allocator
 //!   tell the serving loop's allocations from tract's.
 //! - [`error`]: the crate's [`Error`] type.
@@ -59,6 +61,7 @@ pub mod error;
 pub mod eval;
 pub mod framing;
 pub mod manifest;
+pub mod memory;
 pub mod postprocess;
 pub mod protocol;
 pub mod serial;

@@ -380,6 +380,13 @@ fn serve(
         }
     }
     log::info!("warmed up; peak RSS {} KiB", peak.unwrap_or(0));
+    // Loading is done for good: give its code pages and free heap back.
+    let dropped = edge_bert::memory::release_startup_pages();
+    log::info!(
+        "released {} KiB of start-up code pages; RSS now {} KiB",
+        dropped / 1024,
+        server::rss_kib().unwrap_or(0)
+    );
     server::serve(clf, cfg, shutdown).map_err(|e| {
         let code = match e {
             Error::InvalidArgument(_) => 2,
@@ -819,8 +826,10 @@ fn bench(
         .map_err(|e| Failure::new(1, e.to_string()))?;
     let cold = START.get().map_or(0.0, |s| s.elapsed().as_secs_f64());
     server::warm_up(&mut clf).map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
-    // From here on is the serving phase: its own high-water mark.
+    // From here on is the serving phase: its own high-water mark. Start-up
+    // memory is handed back first, as `serve` does.
     let load_peak = server::peak_rss_kib();
+    edge_bert::memory::release_startup_pages();
     let serving_hwm = server::reset_peak_rss();
 
     // One thread: per-text latency, tokenising included.

@@ -55,8 +55,18 @@ pub fn default_socket_path() -> PathBuf {
 
 /// Peak resident memory of this process (VmHWM), in KiB, where Linux tells.
 pub fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// This process's resident memory now (VmRSS), in KiB; None where
+/// `/proc/self/status` does not tell.
+pub fn rss_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+fn status_kib(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

@@ -1,0 +1,251 @@
+//! Handing start-up memory back: the loader's code pages once a server is
+//! ready, and the heap freed while loading.
+//!
+//! Loading runs code that serving never runs again: ONNX decoding, tract's
+//! type inference and optimiser, plan building. Those pages of the
+//! executable stay resident after start-up (about 8 MiB of the 19 MiB that
+//! `serve` had resident from its own file, measured on x86-64), although
+//! nothing needs them. [`release_startup_pages`] drops them the way a kernel
+//! frees its init sections: it `madvise(MADV_DONTNEED)`s the executable's
+//! clean, read-only file pages (code and read-only data). Pages that serving does use come back from the page cache on their
+//! first touch, byte for byte the same, since they are unmodified pages of
+//! the file.
+//!
+//! Which ranges are safe is decided by [`droppable_ranges`], a pure parser
+//! of `/proc/self/smaps`: only mappings of the executable itself, not
+//! writable, and holding no modified (anonymous or swapped) pages. Relocated read-only data (RELRO) and any page a debugger has
+//! patched are modified, so they are never dropped.
+
+/// A range of addresses `[start, end)` and the bytes of it that were
+/// resident when `/proc/self/smaps` was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub start: usize,
+    pub end: usize,
+    pub resident: usize,
+}
+
+/// The mappings in `smaps` (the text of `/proc/PID/smaps`) that are clean
+/// read-only file pages of `exe` (the path `/proc/PID/exe` links to): not
+/// writable, private, and reported with no anonymous and no swapped pages
+/// (a modified page of a private mapping is anonymous while resident and
+/// counts as swap once swapped out). `Private_Dirty` is no guide: a file
+/// just written has dirty page-cache pages that are still the file's. A
+/// mapping missing either figure is kept; malformed entries are skipped,
+/// never guessed at.
+pub fn droppable_ranges(smaps: &str, exe: &str) -> Vec<Range> {
+    struct Entry {
+        range: Range,
+        candidate: bool,
+        /// Anonymous and Swap, in KiB, as reported.
+        modified: [Option<usize>; 2],
+    }
+    let mut entries: Vec<Entry> = Vec::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some((a, b)) = first.split_once('-') {
+            // A mapping header: start-end perms offset dev inode [path].
+            let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            else {
+                continue;
+            };
+            let perms = fields.next().unwrap_or("");
+            let path: Vec<&str> = fields.skip(3).collect();
+            let candidate = end > start
+                && perms.len() == 4
+                && perms.starts_with('r')
+                && !perms.contains('w')
+                && perms.ends_with('p')
+                && path.join(" ") == exe;
+            entries.push(Entry {
+                range: Range {
+                    start,
+                    end,
+                    resident: 0,
+                },
+                candidate,
+                modified: [None; 2],
+            });
+            continue;
+        }
+        let Some(entry) = entries.last_mut() else {
+            continue;
+        };
+        let kib = || fields.clone().next().and_then(|v| v.parse::<usize>().ok());
+        match first {
+            "Rss:" => entry.range.resident = kib().unwrap_or(0) * 1024,
+            "Anonymous:" => entry.modified[0] = kib(),
+            "Swap:" => entry.modified[1] = kib(),
+            _ => {}
+        }
+    }
+    entries
+        .into_iter()
+        .filter(|e| e.candidate && e.modified == [Some(0); 2])
+        .map(|e| e.range)
+        .collect()
+}
+
+/// Drops the executable's clean read-only pages from the resident set (see
+/// the module docs). Returns the bytes of them that were resident. Linux
+/// only; elsewhere it does nothing and returns 0.
+///
+/// The heap is not trimmed here: the engine trims it once its plans are
+/// built, and what is freed after that (a warm-up run's activations) is
+/// the same memory serving uses again for its own.
+#[cfg(target_os = "linux")]
+pub fn release_startup_pages() -> usize {
+    let (Ok(smaps), Ok(exe)) = (
+        std::fs::read_to_string("/proc/self/smaps"),
+        std::fs::read_link("/proc/self/exe"),
+    ) else {
+        return 0;
+    };
+    let Some(exe) = exe.to_str() else { return 0 };
+    let mut dropped = 0;
+    for r in droppable_ranges(&smaps, exe) {
+        // SAFETY: the range is a whole private, read-only mapping of the
+        // executable file with no anonymous pages, so every page in it is
+        // an unmodified page of the file: after MADV_DONTNEED a read
+        // faults the same bytes back in from the page cache.
+        let rc = unsafe {
+            libc::madvise(
+                r.start as *mut libc::c_void,
+                r.end - r.start,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc == 0 {
+            dropped += r.resident;
+        }
+    }
+    dropped
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn release_startup_pages() -> usize {
+    0
+}
+
+/// Hands the heap pages glibc holds free back to the system (the parsed
+/// protobuf, the decluttered model, duplicate weights freed while loading).
+/// glibc keeps freed memory in its arenas otherwise, where it still counts
+/// as resident. Does nothing with other allocators.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXE: &str = "/opt/edge bert/edge-bert";
+
+    fn smaps() -> String {
+        [
+            "5573085cf000-557309848000 r-xp 01afa000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "Size:              18916 kB",
+            "Rss:               12920 kB",
+            "Private_Dirty:         0 kB",
+            "Anonymous:             0 kB",
+            "Swap:                  0 kB",
+            "VmFlags: rd ex mr mw me dw",
+            "557306ad4000-5573085cf000 r--p 00000000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "Rss:                3116 kB",
+            "Private_Dirty:         0 kB",
+            "Anonymous:             0 kB",
+            "Swap:                  0 kB",
+            // RELRO: read-only now, but relocated in place, so anonymous.
+            "557309848000-557309902000 r--p 02d72000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "Rss:                 744 kB",
+            "Private_Dirty:       744 kB",
+            "Anonymous:           744 kB",
+            "Swap:                  0 kB",
+            "557309902000-557309910000 rw-p 02e2c000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "Rss:                  56 kB",
+            "Anonymous:            20 kB",
+            "557309910000-557309911000 rw-p 00000000 00:00 0",
+            "Rss:                   4 kB",
+            "Anonymous:             4 kB",
+            "7f972d43e000-7f972d594000 r-xp 00026000 fe:00 326279 /usr/lib/libc.so.6",
+            "Rss:                1032 kB",
+            "Private_Dirty:         0 kB",
+            "Anonymous:             0 kB",
+            "Swap:                  0 kB",
+            // A debugger's breakpoint made one code page anonymous.
+            "7f972d600000-7f972d700000 r-xp 00000000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "Rss:                  64 kB",
+            "Private_Dirty:         4 kB",
+            "Anonymous:             4 kB",
+            "Swap:                  0 kB",
+            // A modified page swapped out is counted under Swap only.
+            "7f9800001000-7f9800002000 r--p 00001000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "Rss:                   0 kB",
+            "Private_Dirty:         0 kB",
+            "Anonymous:             0 kB",
+            "Swap:                  4 kB",
+        ]
+        .join("\n")
+    }
+
+    #[test]
+    fn picks_only_clean_read_only_pages_of_the_executable() {
+        let got = droppable_ranges(&smaps(), EXE);
+        assert_eq!(
+            got,
+            vec![
+                Range {
+                    start: 0x5573085cf000,
+                    end: 0x557309848000,
+                    resident: 12920 * 1024
+                },
+                Range {
+                    start: 0x557306ad4000,
+                    end: 0x5573085cf000,
+                    resident: 3116 * 1024
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn another_path_or_missing_fields_drop_nothing() {
+        assert!(droppable_ranges(&smaps(), "/usr/bin/other").is_empty());
+        assert!(droppable_ranges(&smaps(), "/opt/edge").is_empty());
+        // A figure missing: not known to be clean, so kept.
+        let s = "1000-2000 r-xp 0 fe:00 1 /x\nRss: 4 kB\nAnonymous: 0 kB\n";
+        assert!(droppable_ranges(s, "/x").is_empty());
+        // Dirty page-cache pages of a freshly written file are still clean
+        // for this process.
+        let s = "1000-2000 r-xp 0 fe:00 1 /x\nPrivate_Dirty: 8 kB\nAnonymous: 0 kB\nSwap: 0 kB\n";
+        assert_eq!(droppable_ranges(s, "/x").len(), 1);
+        // Garbage and a truncated header are skipped.
+        let s = "zzzz-1000 r-xp\n\u{0}\n1000- r-xp 0 0 0 /x\nAnonymous: 0 kB\n";
+        assert!(droppable_ranges(s, "/x").is_empty());
+        assert!(droppable_ranges("", "/x").is_empty());
+    }
+
+    #[test]
+    fn released_code_still_runs_and_reads_the_same() {
+        // Drop this test binary's own clean pages, then read and run code
+        // that lives in them: it faults back in from the file, unchanged.
+        let f = droppable_ranges as *const u8;
+        // SAFETY: reads 256 bytes of this function's machine code, which is
+        // mapped readable for as long as the process runs.
+        let code = || unsafe { std::slice::from_raw_parts(f, 256) }.to_vec();
+        let before = code();
+        let dropped = release_startup_pages();
+        if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+            // Native run (the ARM tests run under qemu-user, whose
+            // /proc/self/smaps need not report resident pages).
+            assert!(dropped > 0, "nothing dropped");
+        }
+        assert_eq!(code(), before);
+        assert_eq!(droppable_ranges(&smaps(), EXE).len(), 2);
+    }
+}
