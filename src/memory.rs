@@ -146,45 +146,47 @@ mod tests {
 
     const EXE: &str = "/opt/edge bert/edge-bert";
 
+    // Addresses fit 32 bits, so the same data serves armv7.
+
     fn smaps() -> String {
         [
-            "5573085cf000-557309848000 r-xp 01afa000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "085cf000-09848000 r-xp 01afa000 fe:00 5408864 /opt/edge bert/edge-bert",
             "Size:              18916 kB",
             "Rss:               12920 kB",
             "Private_Dirty:         0 kB",
             "Anonymous:             0 kB",
             "Swap:                  0 kB",
             "VmFlags: rd ex mr mw me dw",
-            "557306ad4000-5573085cf000 r--p 00000000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "06ad4000-085cf000 r--p 00000000 fe:00 5408864 /opt/edge bert/edge-bert",
             "Rss:                3116 kB",
             "Private_Dirty:         0 kB",
             "Anonymous:             0 kB",
             "Swap:                  0 kB",
             // RELRO: read-only now, but relocated in place, so anonymous.
-            "557309848000-557309902000 r--p 02d72000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "09848000-09902000 r--p 02d72000 fe:00 5408864 /opt/edge bert/edge-bert",
             "Rss:                 744 kB",
             "Private_Dirty:       744 kB",
             "Anonymous:           744 kB",
             "Swap:                  0 kB",
-            "557309902000-557309910000 rw-p 02e2c000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "09902000-09910000 rw-p 02e2c000 fe:00 5408864 /opt/edge bert/edge-bert",
             "Rss:                  56 kB",
             "Anonymous:            20 kB",
-            "557309910000-557309911000 rw-p 00000000 00:00 0",
+            "09910000-09911000 rw-p 00000000 00:00 0",
             "Rss:                   4 kB",
             "Anonymous:             4 kB",
-            "7f972d43e000-7f972d594000 r-xp 00026000 fe:00 326279 /usr/lib/libc.so.6",
+            "7d43e000-7d594000 r-xp 00026000 fe:00 326279 /usr/lib/libc.so.6",
             "Rss:                1032 kB",
             "Private_Dirty:         0 kB",
             "Anonymous:             0 kB",
             "Swap:                  0 kB",
             // A debugger's breakpoint made one code page anonymous.
-            "7f972d600000-7f972d700000 r-xp 00000000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "7d600000-7d700000 r-xp 00000000 fe:00 5408864 /opt/edge bert/edge-bert",
             "Rss:                  64 kB",
             "Private_Dirty:         4 kB",
             "Anonymous:             4 kB",
             "Swap:                  0 kB",
             // A modified page swapped out is counted under Swap only.
-            "7f9800001000-7f9800002000 r--p 00001000 fe:00 5408864 /opt/edge bert/edge-bert",
+            "7e001000-7e002000 r--p 00001000 fe:00 5408864 /opt/edge bert/edge-bert",
             "Rss:                   0 kB",
             "Private_Dirty:         0 kB",
             "Anonymous:             0 kB",
@@ -200,13 +202,13 @@ mod tests {
             got,
             vec![
                 Range {
-                    start: 0x5573085cf000,
-                    end: 0x557309848000,
+                    start: 0x085cf000,
+                    end: 0x09848000,
                     resident: 12920 * 1024
                 },
                 Range {
-                    start: 0x557306ad4000,
-                    end: 0x5573085cf000,
+                    start: 0x06ad4000,
+                    end: 0x085cf000,
                     resident: 3116 * 1024
                 },
             ]
