@@ -7,14 +7,15 @@
 //! `serve` had resident from its own file, measured on x86-64), although
 //! nothing needs them. [`release_startup_pages`] drops them the way a kernel
 //! frees its init sections: it `madvise(MADV_DONTNEED)`s the executable's
-//! clean, read-only file pages (code and read-only data). Pages that serving does use come back from the page cache on their
-//! first touch, byte for byte the same, since they are unmodified pages of
-//! the file.
+//! clean, read-only file pages (code and read-only data). Pages that
+//! serving does use come back from the page cache on their first touch,
+//! byte for byte the same, since they are unmodified pages of the file.
 //!
 //! Which ranges are safe is decided by [`droppable_ranges`], a pure parser
 //! of `/proc/self/smaps`: only mappings of the executable itself, not
-//! writable, and holding no modified (anonymous or swapped) pages. Relocated read-only data (RELRO) and any page a debugger has
-//! patched are modified, so they are never dropped.
+//! writable, and holding no modified (anonymous or swapped) pages.
+//! Relocated read-only data (RELRO) and any page a debugger has patched
+//! are modified, so they are never dropped.
 
 /// A range of addresses `[start, end)` and the bytes of it that were
 /// resident when `/proc/self/smaps` was read.
