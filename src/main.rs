@@ -380,7 +380,8 @@ fn serve(
         }
     }
     log::info!("warmed up; peak RSS {} KiB", peak.unwrap_or(0));
-    // Loading is done for good: give its code pages and free heap back.
+    // Loading is done for good: give its code pages back (the heap was
+    // trimmed when the plans were built).
     let dropped = edge_bert::memory::release_startup_pages();
     log::info!(
         "released {} KiB of start-up code pages; RSS now {} KiB",
