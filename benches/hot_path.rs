@@ -1,11 +1,12 @@
-//! The hot path, per length bucket, with criterion: tract's run of the
-//! default (int8) model on a full bucket, and tokenising a text.
+//! The hot path, per length bucket, with criterion: the engine's run of the
+//! default (int8) model on a full bucket (as served, and with the word
+//! table held in the graph, for comparison), and tokenising a text.
 //!
 //!     cargo bench --bench hot_path
 //!     EDGE_BERT_BENCH_MODEL=models/sentiment-fp32 cargo bench --bench hot_path
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use edge_bert::engine::{Engine, ModelFormat};
+use edge_bert::engine::{decode, Engine, ModelFormat};
 use edge_bert::tokenize::{Scratch, TextTokenizer};
 use edge_bert::Bundle;
 
@@ -18,21 +19,30 @@ fn bundle() -> Bundle {
     }
 }
 
+/// Per bucket: the engine as `serve` runs it (word-embedding rows read
+/// from the model file), and with the table held in the graph instead.
 fn engine(c: &mut Criterion) {
     let b = bundle();
     let m = &b.manifest;
     let buckets = m.effective_buckets();
     let format = ModelFormat::from_file_name(&m.model).unwrap();
-    let mut engine = Engine::load(&b.model_bytes, format, &buckets, m.labels.len()).unwrap();
-    let mut out = vec![0.0; m.labels.len()];
-    let mut group = c.benchmark_group(format!("engine/{}", m.name));
-    for &len in &buckets {
-        let ids: Vec<u32> = (0..len as u32).map(|i| 1000 + i % 2000).collect();
-        group.bench_with_input(BenchmarkId::from_parameter(len), &ids, |bench, ids| {
-            bench.iter(|| engine.logits_into(ids, &mut out).unwrap())
-        });
+    for (what, file) in [
+        ("engine", b.model_file.as_ref()),
+        ("engine-table-in-graph", None),
+    ] {
+        let decoded = decode(&b.model_bytes, format).unwrap();
+        let mut engine =
+            Engine::from_decoded(decoded, &buckets, m.labels.len(), false, file).unwrap();
+        let mut out = vec![0.0; m.labels.len()];
+        let mut group = c.benchmark_group(format!("{what}/{}", m.name));
+        for &len in &buckets {
+            let ids: Vec<u32> = (0..len as u32).map(|i| 1000 + i % 2000).collect();
+            group.bench_with_input(BenchmarkId::from_parameter(len), &ids, |bench, ids| {
+                bench.iter(|| engine.logits_into(ids, &mut out).unwrap())
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 fn tokenizer(c: &mut Criterion) {

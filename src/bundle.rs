@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::manifest::{sha256_hex, Manifest};
+use crate::rows::ModelFile;
 
 /// Where a bundle was loaded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub struct Bundle {
     pub source: Source,
     pub model_bytes: Cow<'static, [u8]>,
     pub tokenizer_bytes: Cow<'static, [u8]>,
+    /// The open file `model_bytes` were read from, if known: the engine
+    /// reads the word-embedding table from it ([`crate::rows`]).
+    pub model_file: Option<ModelFile>,
 }
 
 impl Bundle {
@@ -63,7 +67,10 @@ impl Bundle {
             path: manifest_path.clone(),
             reason,
         })?;
-        let model_bytes = read_file(&dir.join(&manifest.model))?;
+        let model_path = dir.join(&manifest.model);
+        // Read through a handle that is kept: the rows the engine later
+        // reads from it are from the very file that was hashed.
+        let (model_bytes, model_file) = read_kept(&model_path)?;
         let check = ModelCheck {
             dir: dir.to_path_buf(),
             manifest: manifest.clone(),
@@ -75,12 +82,14 @@ impl Bundle {
             source: Source::Dir(dir.to_path_buf()),
             model_bytes: Cow::Owned(model_bytes),
             tokenizer_bytes: Cow::Owned(tokenizer_bytes),
+            model_file: Some(ModelFile::new(model_file, model_path, 0)),
         };
         Ok((bundle, check))
     }
 
     /// Builds a bundle from in-memory parts (used for the embedded model),
-    /// checking them against the manifest exactly as files would be.
+    /// checking them against the manifest exactly as files would be. It
+    /// has no `model_file`; the embedded bundle sets it.
     pub fn from_static(
         manifest_json: &str,
         model: &'static [u8],
@@ -99,6 +108,7 @@ impl Bundle {
             source: Source::Embedded,
             model_bytes: Cow::Borrowed(model),
             tokenizer_bytes: Cow::Borrowed(tokenizer),
+            model_file: None,
         })
     }
 
@@ -123,16 +133,32 @@ impl ModelCheck {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::MissingFile {
-                path: path.to_path_buf(),
-            }
-        } else {
-            Error::io(path, e)
+/// The error for a file that could not be opened or read.
+fn file_error(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::MissingFile {
+            path: path.to_path_buf(),
         }
-    })
+    } else {
+        Error::io(path, e)
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| file_error(path, e))
+}
+
+/// Reads a whole file and keeps its handle open.
+fn read_kept(path: &Path) -> Result<(Vec<u8>, std::sync::Arc<std::fs::File>)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| file_error(path, e))?;
+    let mut bytes = Vec::new();
+    if let Ok(meta) = file.metadata() {
+        bytes.reserve_exact(meta.len() as usize);
+    }
+    file.read_to_end(&mut bytes)
+        .map_err(|e| file_error(path, e))?;
+    Ok((bytes, std::sync::Arc::new(file)))
 }
 
 fn read_verified(dir: &Path, manifest: &Manifest, name: &str) -> Result<Vec<u8>> {

@@ -165,7 +165,13 @@ impl Classifier {
             )));
         }
         let tokenizer = TextTokenizer::from_bytes(&bundle.tokenizer_bytes, m.max_seq_len)?;
-        let engine = Engine::from_decoded(decoded, &buckets, m.labels.len(), lazy)?;
+        let engine = Engine::from_decoded(
+            decoded,
+            &buckets,
+            m.labels.len(),
+            lazy,
+            bundle.model_file.as_ref(),
+        )?;
         for name in engine.input_names() {
             if !m.inputs.contains(name) {
                 return Err(Error::Model(format!(

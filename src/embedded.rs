@@ -15,7 +15,13 @@ mod inner {
     static TOKENIZER: &[u8] = include_bytes!("../models/sentiment-int8/tokenizer.json");
 
     pub fn bundle() -> Option<Result<Bundle>> {
-        Some(Bundle::from_static(MANIFEST, MODEL, TOKENIZER))
+        Some(
+            Bundle::from_static(MANIFEST, MODEL, TOKENIZER).map(|mut b| {
+                // The model's bytes are part of this executable's file.
+                b.model_file = crate::rows::ModelFile::of_executable(MODEL);
+                b
+            }),
+        )
     }
 
     /// Drops the embedded model file's pages from this process's resident

@@ -12,6 +12,7 @@ use tract_onnx::tract_core::ops::konst::Const;
 
 use crate::error::{Error, Result};
 use crate::manifest::{check_buckets, InputRole};
+use crate::rows::{FileRows, ModelFile};
 use crate::weights::WeightPool;
 
 /// How a model file is encoded, decided from its name.
@@ -56,12 +57,34 @@ pub struct ModelStats {
     /// Bytes of duplicate weight buffers freed because a plan shares them
     /// with an earlier one.
     pub shared_weight_bytes: usize,
+    /// Bytes of the word-embedding table read from the model file a row at
+    /// a time instead of held in memory ([`crate::rows`]); 0 if it is held.
+    pub table_in_file_bytes: usize,
+}
+
+/// What the engine writes into one model input before each run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// Token ids, the attention mask or token types (`[1, len]` i64).
+    Role(InputRole),
+    /// The word-embedding rows of the token ids (`[1, len, width]`), read
+    /// from the model file in place of the graph's own lookup.
+    Rows,
+}
+
+/// The word-embedding table left in the model file.
+#[derive(Debug)]
+struct WordRows {
+    rows: FileRows,
+    dt: DatumType,
+    /// Elements per row.
+    width: usize,
 }
 
 struct BucketPlan {
     state: TypedSimpleState,
-    /// One `[1, len]` i64 tensor per model input, allocated once and
-    /// refilled for every text (tract drops its references after a run).
+    /// One tensor per model input, allocated once and refilled for every
+    /// text (tract drops its references after a run).
     inputs: Vec<Arc<Tensor>>,
 }
 
@@ -84,8 +107,11 @@ pub struct Engine {
     /// Lazy engines: the decluttered model and its length symbol, kept
     /// until every bucket's plan is built.
     pending: Option<(TypedModel, Symbol, WeightPool)>,
-    roles: Vec<InputRole>,
+    /// What each model input is filled with, in graph order.
+    feeds: Vec<Feed>,
+    /// Names of the inputs the manifest lists (all but the rows input).
     input_names: Vec<String>,
+    word_rows: Option<WordRows>,
     n_outputs: usize,
     stats: ModelStats,
 }
@@ -97,7 +123,12 @@ pub struct Engine {
 /// copy of the weights, and this way at most two are alive at once. (tract's
 /// own `model_for_read` also first copies the file into a buffer of its own.)
 pub enum DecodedModel {
-    Onnx(tract_onnx::pb::ModelProto),
+    Onnx {
+        proto: tract_onnx::pb::ModelProto,
+        /// Where each initializer's raw bytes were in the file
+        /// ([`crate::rows::initializer_ranges`]); `None` if not found.
+        ranges: Option<Vec<(String, std::ops::Range<usize>)>>,
+    },
 }
 
 impl std::fmt::Debug for DecodedModel {
@@ -109,9 +140,12 @@ impl std::fmt::Debug for DecodedModel {
 /// Decodes a model file's bytes (first step of loading; see [`DecodedModel`]).
 pub fn decode(model_bytes: &[u8], format: ModelFormat) -> Result<DecodedModel> {
     let ModelFormat::Onnx = format;
-    tract_onnx::pb::ModelProto::decode(model_bytes)
-        .map(DecodedModel::Onnx)
-        .map_err(|e| Error::Model(format!("decoding the ONNX protobuf: {e}")))
+    let proto = tract_onnx::pb::ModelProto::decode(model_bytes)
+        .map_err(|e| Error::Model(format!("decoding the ONNX protobuf: {e}")))?;
+    Ok(DecodedModel::Onnx {
+        proto,
+        ranges: crate::rows::initializer_ranges(model_bytes),
+    })
 }
 
 impl std::fmt::Debug for Engine {
@@ -134,7 +168,7 @@ impl Engine {
         buckets: &[usize],
         n_labels: usize,
     ) -> Result<Engine> {
-        Engine::from_decoded(decode(model_bytes, format)?, buckets, n_labels, false)
+        Engine::from_decoded(decode(model_bytes, format)?, buckets, n_labels, false, None)
     }
 
     /// Like [`Engine::load`], but builds each bucket's plan on first use
@@ -147,46 +181,65 @@ impl Engine {
         buckets: &[usize],
         n_labels: usize,
     ) -> Result<Engine> {
-        Engine::from_decoded(decode(model_bytes, format)?, buckets, n_labels, true)
+        Engine::from_decoded(decode(model_bytes, format)?, buckets, n_labels, true, None)
     }
 
     /// Builds an engine from a decoded model file (see [`decode`]); `lazy`
     /// as in [`Engine::load_lazy`]. The decoded protobuf is dropped as soon
     /// as tract has its own model.
+    ///
+    /// With `file`, the open file the model was decoded from, the
+    /// word-embedding table is left in it and read a row per token
+    /// ([`crate::rows`]) when it can be found there and matches the decoded
+    /// one byte for byte; otherwise the table stays in the graph.
     pub fn from_decoded(
         decoded: DecodedModel,
         buckets: &[usize],
         n_labels: usize,
         lazy: bool,
+        file: Option<&ModelFile>,
     ) -> Result<Engine> {
         let max = *buckets
             .last()
             .ok_or_else(|| Error::InvalidArgument("no length buckets given".into()))?;
         check_buckets(buckets, max).map_err(Error::InvalidArgument)?;
         let started = std::time::Instant::now();
-        let DecodedModel::Onnx(proto) = decoded;
+        let DecodedModel::Onnx { mut proto, ranges } = decoded;
+        let mut word_rows = None;
+        if let (Some(file), Some(ranges), Some(graph)) = (file, ranges, proto.graph.as_mut()) {
+            word_rows = split_word_table(graph, &ranges, file);
+        }
         let mut model = tract_onnx::onnx()
             .model_for_proto_model(&proto)
             .map_err(Error::model)?;
         drop(proto);
 
         let seq = model.symbols.sym("S");
-        let mut roles = Vec::new();
+        let mut feeds = Vec::new();
         let mut input_names = Vec::new();
         let inputs = model.input_outlets().map_err(Error::model)?.to_vec();
         for (ix, outlet) in inputs.iter().enumerate() {
             let name = model.node(outlet.node).name.clone();
-            let role = InputRole::from_name(&name).ok_or_else(|| {
-                Error::Model(format!(
-                    "model input {name:?} is not one of input_ids, attention_mask, token_type_ids"
-                ))
-            })?;
-            let fact = InferenceFact::dt_shape(i64::datum_type(), [1.to_dim(), seq.to_dim()]);
+            let fact = match &word_rows {
+                Some((w, rows_input)) if *rows_input == name => {
+                    feeds.push(Feed::Rows);
+                    InferenceFact::dt_shape(w.dt, [1.to_dim(), seq.to_dim(), w.width.to_dim()])
+                }
+                _ => {
+                    let role = InputRole::from_name(&name).ok_or_else(|| {
+                        Error::Model(format!(
+                            "model input {name:?} is not one of input_ids, attention_mask, token_type_ids"
+                        ))
+                    })?;
+                    feeds.push(Feed::Role(role));
+                    input_names.push(name);
+                    InferenceFact::dt_shape(i64::datum_type(), [1.to_dim(), seq.to_dim()])
+                }
+            };
             model.set_input_fact(ix, fact).map_err(Error::model)?;
-            roles.push(role);
-            input_names.push(name);
         }
-        if !roles.contains(&InputRole::Ids) {
+        let word_rows = word_rows.map(|(w, _)| w);
+        if !feeds.contains(&Feed::Role(InputRole::Ids)) {
             return Err(Error::Model("model has no input_ids input".into()));
         }
         if model.output_outlets().map_err(Error::model)?.len() != 1 {
@@ -209,15 +262,18 @@ impl Engine {
         }
         let mut stats = describe(&typed);
         stats.dynamic_quantize_ops = swapped;
-
-        let n_inputs = roles.len();
+        if let Some(w) = &word_rows {
+            stats.parameters += w.rows.rows() * w.width;
+            stats.table_in_file_bytes = w.rows.rows() * w.rows.row_bytes();
+        }
         if lazy {
             let engine = Engine {
                 lens: buckets.to_vec(),
                 plans: buckets.iter().map(|_| None).collect(),
                 pending: Some((typed, seq, WeightPool::default())),
-                roles,
+                feeds,
                 input_names,
+                word_rows,
                 n_outputs: n_labels,
                 stats,
             };
@@ -234,7 +290,10 @@ impl Engine {
         let plans = if !PARALLEL_BUILD.load(std::sync::atomic::Ordering::Relaxed) {
             buckets
                 .iter()
-                .map(|&len| finish_plan(optimise(len)?, len, n_inputs, &mut pool).map(Some))
+                .map(|&len| {
+                    finish_plan(optimise(len)?, len, &feeds, word_rows.as_ref(), &mut pool)
+                        .map(Some)
+                })
                 .collect::<Result<Vec<_>>>()?
         } else {
             let optimised = std::thread::scope(|s| {
@@ -254,7 +313,9 @@ impl Engine {
             optimised
                 .into_iter()
                 .zip(buckets)
-                .map(|(m, &len)| finish_plan(m, len, n_inputs, &mut pool).map(Some))
+                .map(|(m, &len)| {
+                    finish_plan(m, len, &feeds, word_rows.as_ref(), &mut pool).map(Some)
+                })
                 .collect::<Result<Vec<_>>>()?
         };
         log::debug!(
@@ -276,8 +337,9 @@ impl Engine {
             lens: buckets.to_vec(),
             plans,
             pending: None,
-            roles,
+            feeds,
             input_names,
+            word_rows,
             n_outputs: n_labels,
             stats,
         };
@@ -339,14 +401,28 @@ impl Engine {
             .as_mut()
             .ok_or_else(|| Error::Model("bucket plan missing".into()))?;
         let mut inputs: TVec<TValue> = TVec::new();
-        for (slot, role) in plan.inputs.iter_mut().zip(&self.roles) {
+        for (slot, feed) in plan.inputs.iter_mut().zip(&self.feeds) {
             if Arc::get_mut(slot).is_none() {
                 // Still shared (tract kept a reference): start a new one.
                 log::debug!("engine: input tensor still shared; reallocating");
-                *slot = Arc::new(Tensor::zero::<i64>(&[1, len]).map_err(Error::model)?);
+                *slot = Arc::new(input_tensor(*feed, len, self.word_rows.as_ref())?);
             }
             let t = Arc::get_mut(slot).expect("tensor not shared");
             let mut view = t.try_as_plain_ram_mut().map_err(Error::model)?;
+            let role = match feed {
+                Feed::Role(role) => role,
+                Feed::Rows => {
+                    let w = self
+                        .word_rows
+                        .as_ref()
+                        .ok_or_else(|| Error::Model("no embedding rows to read".into()))?;
+                    // Padding positions get row 0, as the graph's own
+                    // lookup gives them for id 0.
+                    w.rows.fill(ids, 0, view.as_bytes_mut())?;
+                    inputs.push(slot.clone().into_tvalue());
+                    continue;
+                }
+            };
             let v = view.as_slice_mut::<i64>().map_err(Error::model)?;
             let n = ids.len();
             match role {
@@ -391,7 +467,13 @@ impl Engine {
             .ok_or_else(|| Error::Model("bucket plan missing and no model to build it".into()))?;
         let started = std::time::Instant::now();
         let len = self.lens[ix];
-        let plan = finish_plan(optimise_for(typed, seq, len)?, len, self.roles.len(), pool)?;
+        let plan = finish_plan(
+            optimise_for(typed, seq, len)?,
+            len,
+            &self.feeds,
+            self.word_rows.as_ref(),
+            pool,
+        )?;
         log::debug!(
             "engine: built the plan for length {len} in {:?}",
             started.elapsed()
@@ -421,7 +503,8 @@ fn optimise_for(typed: &TypedModel, seq: &Symbol, len: usize) -> Result<TypedMod
 fn finish_plan(
     mut optimised: TypedModel,
     len: usize,
-    n_inputs: usize,
+    feeds: &[Feed],
+    word_rows: Option<&WordRows>,
     pool: &mut WeightPool,
 ) -> Result<BucketPlan> {
     let shared = pool.share(&mut optimised);
@@ -432,11 +515,67 @@ fn finish_plan(
     );
     let plan = optimised.into_runnable().map_err(Error::model)?;
     let state = plan.spawn().map_err(Error::model)?;
-    let inputs = (0..n_inputs)
-        .map(|_| Tensor::zero::<i64>(&[1, len]).map(Arc::new))
-        .collect::<TractResult<Vec<_>>>()
-        .map_err(Error::model)?;
+    let inputs = feeds
+        .iter()
+        .map(|&feed| input_tensor(feed, len, word_rows).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
     Ok(BucketPlan { state, inputs })
+}
+
+/// A zeroed tensor for one model input of a `len`-token bucket.
+fn input_tensor(feed: Feed, len: usize, word_rows: Option<&WordRows>) -> Result<Tensor> {
+    let t = match (feed, word_rows) {
+        (Feed::Role(_), _) => Tensor::zero::<i64>(&[1, len]),
+        (Feed::Rows, Some(w)) => Tensor::zero_dt(w.dt, &[1, len, w.width]),
+        (Feed::Rows, None) => return Err(Error::Model("no embedding rows to read".into())),
+    };
+    t.map_err(Error::model)
+}
+
+/// Leaves the word-embedding table of `graph` in `file` (see
+/// [`crate::rows`]): finds the lookup of `input_ids`, checks the file's
+/// bytes against the decoded table, then cuts the lookup out of the graph.
+/// Returns the rows and the name of the input that replaces the lookup, or
+/// `None` (graph unchanged) if any step fails.
+fn split_word_table(
+    graph: &mut tract_onnx::pb::GraphProto,
+    ranges: &[(String, std::ops::Range<usize>)],
+    file: &ModelFile,
+) -> Option<(WordRows, String)> {
+    let found = crate::rows::find_word_gather(graph, "input_ids")?;
+    let dt = match tract_onnx::pb::tensor_proto::DataType::try_from(found.elem_type).ok()? {
+        tract_onnx::pb::tensor_proto::DataType::Int8 => DatumType::I8,
+        tract_onnx::pb::tensor_proto::DataType::Uint8 => DatumType::U8,
+        tract_onnx::pb::tensor_proto::DataType::Float16 => DatumType::F16,
+        tract_onnx::pb::tensor_proto::DataType::Float => DatumType::F32,
+        _ => return None,
+    };
+    let width = found.row_bytes / dt.size_of();
+    let (_, range) = ranges.iter().rev().find(|(name, _)| *name == found.table)?;
+    let checked =
+        FileRows::new(file, range.clone(), found.rows, found.row_bytes).and_then(|rows| {
+            let table = graph
+                .initializer
+                .iter()
+                .find(|t| t.name == found.table)
+                .map(|t| t.raw_data.as_slice())
+                .unwrap_or_default();
+            rows.verify(table).map(|()| rows)
+        });
+    let rows = match checked {
+        Ok(rows) => rows,
+        Err(e) => {
+            log::warn!("engine: the embedding table stays in memory: {e}");
+            return None;
+        }
+    };
+    drop(crate::rows::cut_word_gather(graph, &found));
+    log::debug!(
+        "engine: {} embedding rows of {} bytes read from the model file",
+        found.rows,
+        found.row_bytes
+    );
+    Some((WordRows { rows, dt, width }, found.output))
 }
 
 /// Index of the smallest bucket (sorted ascending) that holds `n` tokens.
@@ -517,6 +656,52 @@ mod tests {
                 "length {len}"
             );
         }
+    }
+
+    /// The word-embedding rows read from the model file give bit for bit
+    /// the logits of the graph's own lookup, on every bucket, eager or
+    /// lazy; a file whose bytes differ leaves the lookup in the graph.
+    #[test]
+    fn rows_from_the_file_give_the_same_logits_as_the_graphs_lookup() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny/model.onnx");
+        let bytes = std::fs::read(path).unwrap();
+        let file = std::sync::Arc::new(std::fs::File::open(path).unwrap());
+        let at = |offset| ModelFile::new(file.clone(), path, offset);
+        let build = |file: Option<&ModelFile>, lazy| {
+            let decoded = decode(&bytes, ModelFormat::Onnx).unwrap();
+            Engine::from_decoded(decoded, &[8, 16, 32], 2, lazy, file).unwrap()
+        };
+        let mut in_graph = build(None, false);
+        assert_eq!(in_graph.stats().table_in_file_bytes, 0);
+        let mut from_file = build(Some(&at(0)), false);
+        let mut lazy = build(Some(&at(0)), true);
+        // The tiny model's table: 641 rows of 32 f32.
+        assert_eq!(from_file.stats().table_in_file_bytes, 641 * 32 * 4);
+        assert_eq!(lazy.stats().table_in_file_bytes, 641 * 32 * 4);
+        assert_eq!(in_graph.stats().parameters, from_file.stats().parameters);
+        // One byte off: the check fails and the table stays in the graph.
+        let mut shifted = build(Some(&at(1)), false);
+        assert_eq!(shifted.stats().table_in_file_bytes, 0);
+        for len in [1u32, 5, 8, 12, 16, 30, 32] {
+            let ids: Vec<u32> = (0..len).map(|i| (101 + i * 37) % 641).collect();
+            let bits = |e: &mut Engine| {
+                e.logits(&ids)
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            let expected = bits(&mut in_graph);
+            assert_eq!(bits(&mut from_file), expected, "length {len}");
+            assert_eq!(bits(&mut lazy), expected, "length {len}, lazy");
+            assert_eq!(bits(&mut shifted), expected, "length {len}, shifted");
+        }
+        // An id past the table is an error, and the engine goes on.
+        assert!(matches!(
+            from_file.logits(&[101, 641, 102]),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(from_file.logits(&[101, 640, 102]).is_ok());
     }
 
     #[test]

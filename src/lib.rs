@@ -28,6 +28,8 @@
 //! - [`tokenize`]: BERT WordPiece from the bundle's `tokenizer.json`,
 //!   truncating at `max_seq_len`, writing into reused buffers (pure).
 //! - [`engine`]: tract plans and states, one per length bucket.
+//! - [`rows`]: the word-embedding table read a row per token from the
+//!   model file instead of held in memory (a pure ONNX walk + `pread`).
 //! - [`dynquant`]: a faster `DynamicQuantizeLinear` op for tract, with
 //!   SIMD paths chosen at run time (pure kernels + the op).
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
@@ -64,6 +66,7 @@ pub mod manifest;
 pub mod memory;
 pub mod postprocess;
 pub mod protocol;
+pub mod rows;
 pub mod serial;
 pub mod server;
 pub mod tokenize;

@@ -677,6 +677,7 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
             "weights": {
                 "held_bytes": stats.weight_bytes,
                 "shared_duplicate_bytes": stats.shared_weight_bytes,
+                "table_in_file_bytes": stats.table_in_file_bytes,
             },
         });
         println!("{report}");
@@ -728,6 +729,12 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
         clf.engine().built_buckets(),
         stats.shared_weight_bytes as f64 / (1 << 20) as f64
     );
+    if stats.table_in_file_bytes > 0 {
+        println!(
+            "embeddings   {:.1} MiB word table left in the model file, read a row per token",
+            stats.table_in_file_bytes as f64 / (1 << 20) as f64
+        );
+    }
     for mm in &stats.matmuls {
         log::info!(
             "matmul {} {} {}",

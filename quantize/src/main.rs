@@ -452,6 +452,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             source: Source::Dir(cli.output.clone()),
             model_bytes: bytes.to_vec().into(),
             tokenizer_bytes: input.tokenizer_bytes.clone(),
+            model_file: None,
         };
         (bundle, record_bytes)
     };

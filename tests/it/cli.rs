@@ -213,8 +213,12 @@ fn embedded_default_is_the_int8_bundle() {
     assert!(dq["ops"].as_u64().unwrap() >= 20, "{dq}");
     assert!(dq["kernel"].is_string(), "{dq}");
     // The four bucket plans hold one copy of the weights between them:
-    // about the model file's size, not four times it.
+    // with the word-embedding table left in the file (read from this
+    // executable, a row per token), about the model file's size, not four
+    // times it.
     let w = &v["weights"];
+    let in_file = w["table_in_file_bytes"].as_u64().unwrap();
+    assert_eq!(in_file, 30522 * 384, "{w}");
     let model_file = v["manifest"]["files"]
         .as_array()
         .unwrap()
@@ -223,7 +227,7 @@ fn embedded_default_is_the_int8_bundle() {
         .unwrap()["bytes"]
         .as_u64()
         .unwrap();
-    let held = w["held_bytes"].as_u64().unwrap();
+    let held = w["held_bytes"].as_u64().unwrap() + in_file;
     assert!(
         held > model_file / 2 && held < model_file * 11 / 10,
         "{w} vs {model_file}"
@@ -246,8 +250,11 @@ fn info_describes_the_bundle() {
     assert!(!mm.is_empty());
     assert!(mm.iter().all(|m| m["input_types"][0] == "F32"), "{mm:?}");
     assert_eq!(v["dynamic_quantize"]["ops"], 0);
+    // A bundle directory's word table (641 x 32 f32) is read from its file.
+    assert_eq!(v["weights"]["table_in_file_bytes"], 641 * 32 * 4);
     let o = run(&["info", "--model", &tiny()], b"");
     assert!(stdout(&o).contains("parameters"));
+    assert!(stdout(&o).contains("word table left in the model file"));
 }
 
 #[test]
