@@ -1,6 +1,7 @@
 //! The hot path, per length bucket, with criterion: the engine's run of the
 //! default (int8) model on a full bucket (as served, and with the word
-//! table held in the graph, for comparison), and tokenising a text.
+//! table held in the graph, for comparison), reading a bucket's word
+//! embedding rows from the model file, and tokenising a text.
 //!
 //!     cargo bench --bench hot_path
 //!     EDGE_BERT_BENCH_MODEL=models/sentiment-fp32 cargo bench --bench hot_path
@@ -45,6 +46,28 @@ fn engine(c: &mut Criterion) {
     }
 }
 
+/// Reading a full bucket's word-embedding rows from the model file (part
+/// of the engine's run above): what leaving the table in the file costs.
+fn rows(c: &mut Criterion) {
+    let b = bundle();
+    let Some(file) = b.model_file.as_ref() else {
+        return;
+    };
+    let proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(&*b.model_bytes).unwrap();
+    let graph = proto.graph.unwrap();
+    let found = edge_bert::rows::find_word_gather(&graph, "input_ids").unwrap();
+    let ranges = edge_bert::rows::initializer_ranges(&b.model_bytes).unwrap();
+    let (_, range) = ranges.iter().find(|(n, _)| *n == found.table).unwrap();
+    let rows =
+        edge_bert::rows::FileRows::new(file, range.clone(), found.rows, found.row_bytes).unwrap();
+    let len = *b.manifest.effective_buckets().last().unwrap();
+    let ids: Vec<u32> = (0..len as u32).map(|i| 1000 + i * 211 % 28000).collect();
+    let mut dst = vec![0u8; len * found.row_bytes];
+    c.bench_function(&format!("rows/{}/{len}", b.manifest.name), |bench| {
+        bench.iter(|| rows.fill(&ids, 0, &mut dst).unwrap())
+    });
+}
+
 fn tokenizer(c: &mut Criterion) {
     let b = bundle();
     let tok = TextTokenizer::from_bytes(&b.tokenizer_bytes, b.manifest.max_seq_len).unwrap();
@@ -60,6 +83,6 @@ fn tokenizer(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = engine, tokenizer
+    targets = engine, rows, tokenizer
 }
 criterion_main!(benches);
