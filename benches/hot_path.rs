@@ -57,7 +57,11 @@ fn rows(c: &mut Criterion) {
     let graph = proto.graph.unwrap();
     let found = edge_bert::rows::find_word_gather(&graph, "input_ids").unwrap();
     let ranges = edge_bert::rows::initializer_ranges(&b.model_bytes).unwrap();
-    let (_, range) = ranges.iter().find(|(n, _)| *n == found.table).unwrap();
+    let (_, range) = ranges
+        .iter()
+        .rev()
+        .find(|(n, _)| *n == found.table)
+        .unwrap();
     let rows =
         edge_bert::rows::FileRows::new(file, range.clone(), found.rows, found.row_bytes).unwrap();
     let len = *b.manifest.effective_buckets().last().unwrap();

@@ -153,8 +153,17 @@ fn read_kept(path: &Path) -> Result<(Vec<u8>, std::sync::Arc<std::fs::File>)> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| file_error(path, e))?;
     let mut bytes = Vec::new();
-    if let Ok(meta) = file.metadata() {
-        bytes.reserve_exact(meta.len() as usize);
+    if let Some(len) = file
+        .metadata()
+        .ok()
+        .and_then(|m| usize::try_from(m.len()).ok())
+    {
+        bytes.try_reserve_exact(len).map_err(|e| {
+            Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
+            )
+        })?;
     }
     file.read_to_end(&mut bytes)
         .map_err(|e| file_error(path, e))?;

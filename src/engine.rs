@@ -358,7 +358,8 @@ impl Engine {
         self.plans.iter().filter(|p| p.is_some()).count()
     }
 
-    /// Model input names in graph order.
+    /// Names of the model inputs the engine fills from token ids, in graph
+    /// order (the word-embedding rows input, if any, is not listed).
     pub fn input_names(&self) -> &[String] {
         &self.input_names
     }

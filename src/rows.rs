@@ -18,10 +18,14 @@
 //! keeps its lookup in the graph.
 //!
 //! For the embedded model the file is this executable (`/proc/self/exe`),
-//! which cannot be written while it runs. For a bundle directory it is the
-//! handle the model file was read (and hashed) through; replacing the file
-//! by a rename does not change what the handle reads, but writing into it
-//! in place while a server runs would (as with any memory-mapped model).
+//! which Linux does not let anyone write while it runs (under qemu-user,
+//! which opens the guest binary by path, that guard is not there). For a
+//! bundle directory it is the handle the model file was read (and hashed)
+//! through; replacing the file by a rename does not change what the handle
+//! reads. Writing into the file in place would, so each read first checks
+//! that the file's size and modification time are still those it had when
+//! the table was checked, and fails the request with [`Error::Model`] if
+//! not ([`FileRows::fill`]).
 
 use std::fs::File;
 use std::ops::Range;
@@ -57,7 +61,10 @@ impl ModelFile {
 
     /// The model bytes `bytes`, which are part of this executable's own
     /// mapped image (a `static`), as a range of the executable file. `None`
-    /// where that cannot be worked out (not Linux, no `/proc`).
+    /// where that cannot be worked out (not Linux, no `/proc`). The offset
+    /// is taken from the mapping that holds `bytes` without checking that
+    /// it maps this file (a packed executable's would not): the engine's
+    /// byte-for-byte check ([`FileRows::verify`]) is what catches that.
     pub fn of_executable(bytes: &'static [u8]) -> Option<ModelFile> {
         #[cfg(target_os = "linux")]
         {
@@ -116,8 +123,9 @@ fn varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 /// Calls `f(field, range)` for every length-delimited field of the message
-/// in `bytes[range]` (ranges are absolute); skips the other wire types.
-/// `None` if the message is malformed.
+/// in `bytes[range]` (ranges are absolute); skips varint and fixed-width
+/// fields. `None` if the message is malformed or uses the deprecated group
+/// wire types (ONNX files do not).
 fn fields(bytes: &[u8], range: Range<usize>, mut f: impl FnMut(u64, Range<usize>)) -> Option<()> {
     let end = range.end;
     let mut pos = range.start;
@@ -213,9 +221,19 @@ fn elem_bytes(elem_type: i32) -> Option<usize> {
     }
 }
 
-/// Finds the largest lookup of graph input `ids` in a table big enough to be
-/// worth reading from the file (see the module doc). Pure; changes nothing.
+/// Finds the largest lookup by `ids` (the name of the token-ids graph input)
+/// in a table big enough to be worth reading from the file (see the module
+/// doc). A graph with subgraphs (`If`, `Loop`, `Scan` bodies, which could
+/// use the table too) is left alone. Pure; changes nothing.
 pub fn find_word_gather(graph: &GraphProto, ids: &str) -> Option<WordGather> {
+    if graph
+        .node
+        .iter()
+        .flat_map(|n| &n.attribute)
+        .any(|a| a.g.is_some() || !a.graphs.is_empty())
+    {
+        return None;
+    }
     let candidates: Vec<_> = graph
         .node
         .iter()
@@ -297,6 +315,14 @@ pub struct FileRows {
     offset: u64,
     rows: usize,
     row_bytes: usize,
+    /// The file's size and modification time when the rows were set up.
+    stamp: Option<(u64, std::time::SystemTime)>,
+}
+
+/// A file's size and modification time, if the system gives them.
+fn stamp(file: &File) -> Option<(u64, std::time::SystemTime)> {
+    let meta = file.metadata().ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }
 
 impl FileRows {
@@ -308,18 +334,23 @@ impl FileRows {
         rows: usize,
         row_bytes: usize,
     ) -> Result<FileRows> {
-        if rows.checked_mul(row_bytes) != Some(range.len()) {
+        if row_bytes == 0 || rows.checked_mul(row_bytes) != Some(range.len()) {
             return Err(Error::Model(format!(
                 "embedding table: {} bytes in the file for {rows} rows of {row_bytes}",
                 range.len()
             )));
         }
+        let offset = file
+            .offset
+            .checked_add(range.start as u64)
+            .ok_or_else(|| Error::Model("embedding table offset overflows".into()))?;
         Ok(FileRows {
             file: file.file.clone(),
             path: file.path.clone(),
-            offset: file.offset + range.start as u64,
+            offset,
             rows,
             row_bytes,
+            stamp: stamp(&file.file),
         })
     }
 
@@ -363,7 +394,15 @@ impl FileRows {
 
     /// Writes the rows of `ids`, then row `pad` for the positions after
     /// them, into `dst` (a whole number of rows, at least one per id).
+    /// Fails, reading nothing, if the file's size or modification time
+    /// changed since these rows were set up.
     pub fn fill(&self, ids: &[u32], pad: u32, dst: &mut [u8]) -> Result<()> {
+        if stamp(&self.file) != self.stamp {
+            return Err(Error::Model(format!(
+                "{} changed after the model was loaded; restart to load it again",
+                self.path.display()
+            )));
+        }
         let rb = self.row_bytes;
         if dst.len() % rb != 0 || dst.len() / rb < ids.len() {
             return Err(Error::Model(format!(
@@ -536,6 +575,18 @@ mod tests {
         typed.initializer[1].data_type = 7; // int64: not a table type
                                             // Only the scales are left, and they are too small.
         assert!(find_word_gather(&typed, "input_ids").is_none());
+        // A subgraph could use the table too: leave such graphs alone.
+        let mut sub = table_graph(4096, 384);
+        sub.node.push(NodeProto {
+            op_type: "If".into(),
+            attribute: vec![tract_onnx::pb::AttributeProto {
+                name: "then_branch".into(),
+                g: Some(GraphProto::default()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert!(find_word_gather(&sub, "input_ids").is_none());
     }
 
     #[test]
@@ -577,6 +628,16 @@ mod tests {
             Err(Error::InvalidArgument(_))
         ));
         assert!(r.fill(&[1, 2, 3, 4, 5, 6], 0, &mut dst).is_err());
+        assert!(FileRows::new(&file, 8..8, 0, 0).is_err());
+
+        // The file written in place (same size, new time): reads stop.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        w.set_modified(later).unwrap();
+        match r.fill(&[3], 2, &mut dst) {
+            Err(Error::Model(m)) => assert!(m.contains("changed after"), "{m}"),
+            other => panic!("{other:?}"),
+        }
         std::fs::remove_file(&path).unwrap();
     }
 }
