@@ -544,13 +544,7 @@ fn split_word_table(
     file: &ModelFile,
 ) -> Option<(WordRows, String)> {
     let found = crate::rows::find_word_gather(graph, "input_ids")?;
-    let dt = match tract_onnx::pb::tensor_proto::DataType::try_from(found.elem_type).ok()? {
-        tract_onnx::pb::tensor_proto::DataType::Int8 => DatumType::I8,
-        tract_onnx::pb::tensor_proto::DataType::Uint8 => DatumType::U8,
-        tract_onnx::pb::tensor_proto::DataType::Float16 => DatumType::F16,
-        tract_onnx::pb::tensor_proto::DataType::Float => DatumType::F32,
-        _ => return None,
-    };
+    let dt = crate::rows::table_type(found.elem_type)?;
     let width = found.row_bytes / dt.size_of();
     let (_, range) = ranges.iter().rev().find(|(name, _)| *name == found.table)?;
     let checked =

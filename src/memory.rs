@@ -26,6 +26,41 @@ pub struct Range {
     pub resident: usize,
 }
 
+/// One mapping header of `/proc/PID/maps` or `/proc/PID/smaps`:
+/// `start-end perms offset dev inode [path]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping<'a> {
+    pub start: usize,
+    pub end: usize,
+    /// Permissions such as `r-xp` (empty if missing).
+    pub perms: &'a str,
+    /// Offset in the mapped file; `None` if missing or malformed.
+    pub offset: Option<u64>,
+    /// The mapped file's path (fields after the inode, joined by a space),
+    /// empty for an anonymous mapping.
+    pub path: String,
+}
+
+/// Parses `line` as a mapping header; `None` if its first field is not a
+/// `start-end` pair of hex addresses (the key lines of `smaps` are not).
+pub fn mapping_header(line: &str) -> Option<Mapping<'_>> {
+    let mut fields = line.split_whitespace();
+    let (a, b) = fields.next()?.split_once('-')?;
+    let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+        return None;
+    };
+    let perms = fields.next().unwrap_or("");
+    let offset = fields.next().and_then(|o| u64::from_str_radix(o, 16).ok());
+    let path: Vec<&str> = fields.skip(2).collect();
+    Some(Mapping {
+        start,
+        end,
+        perms,
+        offset,
+        path: path.join(" "),
+    })
+}
+
 /// The mappings in `smaps` (the text of `/proc/PID/smaps`) that are clean
 /// read-only file pages of `exe` (the path `/proc/PID/exe` links to): not
 /// writable, private, and reported with no anonymous and no swapped pages
@@ -43,26 +78,17 @@ pub fn droppable_ranges(smaps: &str, exe: &str) -> Vec<Range> {
     }
     let mut entries: Vec<Entry> = Vec::new();
     for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(first) = fields.next() else { continue };
-        if let Some((a, b)) = first.split_once('-') {
-            // A mapping header: start-end perms offset dev inode [path].
-            let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-            else {
-                continue;
-            };
-            let perms = fields.next().unwrap_or("");
-            let path: Vec<&str> = fields.skip(3).collect();
-            let candidate = end > start
-                && perms.len() == 4
-                && perms.starts_with('r')
-                && !perms.contains('w')
-                && perms.ends_with('p')
-                && path.join(" ") == exe;
+        if let Some(m) = mapping_header(line) {
+            let candidate = m.end > m.start
+                && m.perms.len() == 4
+                && m.perms.starts_with('r')
+                && !m.perms.contains('w')
+                && m.perms.ends_with('p')
+                && m.path == exe;
             entries.push(Entry {
                 range: Range {
-                    start,
-                    end,
+                    start: m.start,
+                    end: m.end,
                     resident: 0,
                 },
                 candidate,
@@ -70,6 +96,8 @@ pub fn droppable_ranges(smaps: &str, exe: &str) -> Vec<Range> {
             });
             continue;
         }
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
         let Some(entry) = entries.last_mut() else {
             continue;
         };
@@ -194,6 +222,20 @@ mod tests {
             "Swap:                  4 kB",
         ]
         .join("\n")
+    }
+
+    #[test]
+    fn mapping_headers_parse_and_key_lines_do_not() {
+        let m = mapping_header("7f00-7f10 r--p 0001a000 08:02 42  /opt/my app/bin").unwrap();
+        assert_eq!((m.start, m.end, m.perms), (0x7f00, 0x7f10, "r--p"));
+        assert_eq!(m.offset, Some(0x1a000));
+        assert_eq!(m.path, "/opt/my app/bin");
+        let anon = mapping_header("1000-2000 rw-p 00000000 00:00 0").unwrap();
+        assert_eq!(anon.path, "");
+        assert_eq!(mapping_header("1000-2000 rw-p zz").unwrap().offset, None);
+        assert_eq!(mapping_header("Rss:                 4 kB"), None);
+        assert_eq!(mapping_header("x-2000 r--p 0 0 0"), None);
+        assert_eq!(mapping_header(""), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tract_onnx::pb::{GraphProto, TensorProto, TypeProto, ValueInfoProto};
+use tract_onnx::prelude::DatumType;
 
 use crate::error::{Error, Result};
 
@@ -84,28 +85,11 @@ impl ModelFile {
 /// The file offset that address `addr` of a file mapping comes from, given
 /// the text of `/proc/self/maps` (`start-end perms offset dev inode path`).
 pub fn file_offset(maps: &str, addr: usize) -> Option<u64> {
-    for line in maps.lines() {
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some(_perms), Some(offset)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end), Ok(offset)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-            u64::from_str_radix(offset, 16),
-        ) else {
-            continue;
-        };
-        if (start..end).contains(&addr) {
-            return offset.checked_add((addr - start) as u64);
-        }
-    }
-    None
+    let m = maps
+        .lines()
+        .filter_map(crate::memory::mapping_header)
+        .find(|m| (m.start..m.end).contains(&addr))?;
+    m.offset?.checked_add((addr - m.start) as u64)
 }
 
 /// Reads one protobuf varint at `*pos`, advancing it.
@@ -210,15 +194,16 @@ pub struct WordGather {
     pub row_bytes: usize,
 }
 
-/// Bytes per element of the ONNX element types a table may have.
-fn elem_bytes(elem_type: i32) -> Option<usize> {
-    use tract_onnx::pb::tensor_proto::DataType;
-    match DataType::try_from(elem_type).ok()? {
-        DataType::Int8 | DataType::Uint8 => Some(1),
-        DataType::Float16 => Some(2),
-        DataType::Float => Some(4),
-        _ => None,
-    }
+/// The element type of an ONNX table that may be read from the file (8-bit
+/// integers, f16, f32), converted as tract converts it.
+pub fn table_type(elem_type: i32) -> Option<DatumType> {
+    let dt: DatumType = tract_onnx::pb::tensor_proto::DataType::try_from(elem_type)
+        .ok()?
+        .try_into()
+        .ok()?;
+    [DatumType::I8, DatumType::U8, DatumType::F16, DatumType::F32]
+        .contains(&dt)
+        .then_some(dt)
 }
 
 /// Finds the largest lookup by `ids` (the name of the token-ids graph input)
@@ -250,7 +235,7 @@ pub fn find_word_gather(graph: &GraphProto, ids: &str) -> Option<WordGather> {
             let t: &TensorProto = graph.initializer.iter().find(|t| t.name == n.input[0])?;
             let row_len = usize::try_from(*t.dims.get(1)?).ok()?;
             let rows = usize::try_from(t.dims[0]).ok()?;
-            let row_bytes = row_len.checked_mul(elem_bytes(t.data_type)?)?;
+            let row_bytes = row_len.checked_mul(table_type(t.data_type)?.size_of())?;
             let ok = t.dims.len() == 2
                 && t.data_location.unwrap_or(0) == 0
                 && row_bytes > 0
@@ -378,10 +363,11 @@ impl FileRows {
                 "embedding table size differs from the file's".into(),
             ));
         }
-        let mut buf = vec![0u8; 1 << 16];
-        for (i, chunk) in table.chunks(buf.len()).enumerate() {
+        const CHUNK: usize = 1 << 16;
+        let mut buf = vec![0u8; CHUNK];
+        for (i, chunk) in table.chunks(CHUNK).enumerate() {
             let dst = &mut buf[..chunk.len()];
-            self.read_at(dst, self.offset + (i * (1 << 16)) as u64)?;
+            self.read_at(dst, self.offset + (i * CHUNK) as u64)?;
             if dst != chunk {
                 return Err(Error::Model(format!(
                     "{}: the embedding table read from the file differs from the decoded one",
