@@ -49,8 +49,14 @@ pub struct ModelStats {
     pub parameters: usize,
     /// Every matrix product with its input element types.
     pub matmuls: Vec<MatmulInfo>,
-    /// `DynamicQuantizeLinear` nodes run by [`crate::dynquant`]'s op.
+    /// `DynamicQuantizeLinear` nodes run by [`crate::dynquant`]'s kernels,
+    /// on their own or inside a fused matmul.
     pub dynamic_quantize_ops: usize,
+    /// Quantised linear layers run by [`crate::qmatmul`]'s fused op.
+    pub fused_matmuls: usize,
+    /// Bytes of the weights packed for those layers (one copy, shared by
+    /// every plan).
+    pub fused_weight_bytes: usize,
     /// Bytes of weight buffers (packed matrices, large constants) the built
     /// plans hold, each counted once ([`crate::weights::WeightPool`]).
     pub weight_bytes: usize,
@@ -209,9 +215,14 @@ impl Engine {
         if let (Some(file), Some(ranges), Some(graph)) = (file, ranges, proto.graph.as_mut()) {
             word_rows = split_word_table(graph, &ranges, file);
         }
-        let mut model = tract_onnx::onnx()
-            .model_for_proto_model(&proto)
-            .map_err(Error::model)?;
+        let fused = match (crate::qmatmul::chosen(), proto.graph.as_mut()) {
+            (Some(_), Some(graph)) => crate::qmatmul::fuse(graph),
+            _ => 0,
+        };
+        let mut onnx = tract_onnx::onnx();
+        onnx.op_register
+            .insert(crate::qmatmul::OP_TYPE, crate::qmatmul::onnx_builder);
+        let mut model = onnx.model_for_proto_model(&proto).map_err(Error::model)?;
         drop(proto);
 
         let seq = model.symbols.sym("S");
@@ -260,8 +271,15 @@ impl Engine {
                 crate::dynquant::path()
             );
         }
+        if fused > 0 {
+            log::info!(
+                "engine: {fused} quantised linear layers run by edge-bert's fused int8 matmul ({} path)",
+                crate::qmatmul::chosen().map_or("?", |p| p.name())
+            );
+        }
         let mut stats = describe(&typed);
-        stats.dynamic_quantize_ops = swapped;
+        // The fused op quantises its input with the same kernel.
+        stats.dynamic_quantize_ops = swapped + stats.fused_matmuls;
         if let Some(w) = &word_rows {
             stats.parameters += w.rows.rows() * w.width;
             stats.table_in_file_bytes = w.rows.rows() * w.rows.row_bytes();
@@ -323,7 +341,7 @@ impl Engine {
             pool.held_bytes,
             pool.saved_bytes
         );
-        stats.weight_bytes = pool.held_bytes;
+        stats.weight_bytes = pool.held_bytes + stats.fused_weight_bytes;
         stats.shared_weight_bytes = pool.saved_bytes;
         drop(pool);
         drop(typed);
@@ -479,7 +497,7 @@ impl Engine {
             "engine: built the plan for length {len} in {:?}",
             started.elapsed()
         );
-        self.stats.weight_bytes = pool.held_bytes;
+        self.stats.weight_bytes = pool.held_bytes + self.stats.fused_weight_bytes;
         self.stats.shared_weight_bytes = pool.saved_bytes;
         self.plans[ix] = Some(plan);
         if self.plans.iter().all(Option::is_some) {
@@ -588,6 +606,18 @@ fn describe(model: &TypedModel) -> ModelStats {
             {
                 stats.parameters += t.len();
             }
+            continue;
+        }
+        if let Some(q) = node.op_as::<crate::qmatmul::QMatMul>() {
+            let (k, n) = (q.packed.k(), q.packed.n());
+            stats.parameters += k * n + 2 * n;
+            stats.fused_matmuls += 1;
+            stats.fused_weight_bytes += q.packed.bytes();
+            stats.matmuls.push(MatmulInfo {
+                node: node.name.clone(),
+                op: node.op.name().to_string(),
+                input_types: vec!["F32".into(), "I8".into()],
+            });
             continue;
         }
         let op = node.op.name().to_string();

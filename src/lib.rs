@@ -32,6 +32,8 @@
 //!   model file instead of held in memory (a pure ONNX walk + `pread`).
 //! - [`dynquant`]: a faster `DynamicQuantizeLinear` op for tract, with
 //!   SIMD paths chosen at run time (pure kernels + the op).
+//! - [`qmatmul`]: a fused int8 matmul op for tract (quantise, multiply,
+//!   dequantise, add the bias), SIMD kernels chosen at run time.
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
 //! - [`classifier`]: text in, [`Classification`] out.
 //! - [`client`]: talking to a running `edge-bert serve`.
@@ -66,6 +68,7 @@ pub mod manifest;
 pub mod memory;
 pub mod postprocess;
 pub mod protocol;
+pub mod qmatmul;
 pub mod rows;
 pub mod serial;
 pub mod server;

@@ -390,7 +390,7 @@ impl FileRows {
             )));
         }
         let rb = self.row_bytes;
-        if dst.len() % rb != 0 || dst.len() / rb < ids.len() {
+        if !dst.len().is_multiple_of(rb) || dst.len() / rb < ids.len() {
             return Err(Error::Model(format!(
                 "embedding rows: {} bytes for {} tokens of {rb} bytes",
                 dst.len(),

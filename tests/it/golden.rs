@@ -215,3 +215,38 @@ fn lazy_engine_builds_on_first_use_and_matches_eager() {
         "only the buckets used are built"
     );
 }
+
+/// edge-bert's fused int8 matmul (`qmatmul`) against tract's own int8
+/// matmuls on the real int8 bundle: every path this CPU has gives tract's
+/// logits bit for bit, on every reference text.
+#[test]
+fn int8_fused_matmul_gives_tracts_logits_bit_for_bit() {
+    use edge_bert::engine::{Engine, ModelFormat};
+    use edge_bert::qmatmul::{with_choice, Path};
+    let bytes = std::fs::read(int8_dir().join("model.onnx")).unwrap();
+    let load = |choice: Option<Path>| {
+        with_choice(choice, || {
+            Engine::load_lazy(&bytes, ModelFormat::Onnx, &[16, 32, 64, 128], 2).unwrap()
+        })
+    };
+    let refs = int8_reference();
+    let mut plain = load(None);
+    assert_eq!(plain.stats().fused_matmuls, 0);
+    let want: Vec<Vec<f32>> = refs
+        .iter()
+        .map(|r| plain.logits(&r.input_ids).unwrap())
+        .collect();
+    drop(plain);
+    for path in Path::ALL.into_iter().filter(|p| p.available()) {
+        let mut fused = load(Some(path));
+        assert_eq!(fused.stats().fused_matmuls, 38, "{path:?}");
+        for (r, want) in refs.iter().zip(&want) {
+            let got = fused.logits(&r.input_ids).unwrap();
+            let same = got
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{path:?} {:?}: {got:?} vs {want:?}", r.text);
+        }
+    }
+}
