@@ -218,7 +218,8 @@ fn lazy_engine_builds_on_first_use_and_matches_eager() {
 
 /// edge-bert's fused int8 matmul (`qmatmul`) against tract's own int8
 /// matmuls on the real int8 bundle: every path this CPU has gives tract's
-/// logits bit for bit, on every reference text.
+/// logits bit for bit, on every fourth reference text (20 texts, every
+/// bucket; all 80 take minutes under qemu).
 #[test]
 fn int8_fused_matmul_gives_tracts_logits_bit_for_bit() {
     use edge_bert::engine::{Engine, ModelFormat};
@@ -229,7 +230,7 @@ fn int8_fused_matmul_gives_tracts_logits_bit_for_bit() {
             Engine::load_lazy(&bytes, ModelFormat::Onnx, &[16, 32, 64, 128], 2).unwrap()
         })
     };
-    let refs = int8_reference();
+    let refs: Vec<Reference> = int8_reference().into_iter().step_by(4).collect();
     let mut plain = load(None);
     assert_eq!(plain.stats().fused_matmuls, 0);
     let want: Vec<Vec<f32>> = refs
