@@ -1,13 +1,15 @@
 //! The hot path, per length bucket, with criterion: the engine's run of the
 //! default (int8) model on a full bucket (as served, and with the word
 //! table held in the graph, for comparison), reading a bucket's word
-//! embedding rows from the model file, and tokenising a text.
+//! embedding rows from the model file, tokenising a text, and the fused
+//! int8 matmul's kernels per path on the model's three matmul shapes.
 //!
 //!     cargo bench --bench hot_path
 //!     EDGE_BERT_BENCH_MODEL=models/sentiment-fp32 cargo bench --bench hot_path
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use edge_bert::engine::{decode, Engine, ModelFormat};
+use edge_bert::qmatmul::{self, Packed, Path};
 use edge_bert::tokenize::{Scratch, TextTokenizer};
 use edge_bert::Bundle;
 
@@ -27,13 +29,15 @@ fn engine(c: &mut Criterion) {
     let m = &b.manifest;
     let buckets = m.effective_buckets();
     let format = ModelFormat::from_file_name(&m.model).unwrap();
-    for (what, file) in [
-        ("engine", b.model_file.as_ref()),
-        ("engine-table-in-graph", None),
+    for (what, file, fused) in [
+        ("engine", b.model_file.as_ref(), qmatmul::chosen()),
+        ("engine-table-in-graph", None, qmatmul::chosen()),
+        ("engine-tract-int8-matmul", b.model_file.as_ref(), None),
     ] {
         let decoded = decode(&b.model_bytes, format).unwrap();
-        let mut engine =
-            Engine::from_decoded(decoded, &buckets, m.labels.len(), false, file).unwrap();
+        let mut engine = qmatmul::with_choice(fused, || {
+            Engine::from_decoded(decoded, &buckets, m.labels.len(), false, file).unwrap()
+        });
         let mut out = vec![0.0; m.labels.len()];
         let mut group = c.benchmark_group(format!("{what}/{}", m.name));
         for &len in &buckets {
@@ -84,9 +88,33 @@ fn tokenizer(c: &mut Criterion) {
     });
 }
 
+/// `qmatmul` on one 32-token bucket's three shapes (attention and output
+/// projections 384 -> 384, FFN in 384 -> 1536, FFN out 1536 -> 384), per
+/// path this CPU has. Throughput is in multiply-adds.
+fn kernels(c: &mut Criterion) {
+    let m = 32;
+    for (k, n) in [(384, 384), (384, 1536), (1536, 384)] {
+        let w: Vec<i8> = (0..k * n).map(|i| (i * 7919 % 255) as i8).collect();
+        let packed = Packed::new(&w, k, n, &vec![0.01; n], &vec![0.5; n]).unwrap();
+        let a: Vec<u8> = (0..m * packed.row_stride())
+            .map(|i| (i * 31 % 256) as u8)
+            .collect();
+        let mut y = vec![0f32; m * n];
+        let mut group = c.benchmark_group(format!("qmatmul/{m}x{k}x{n}"));
+        group.throughput(criterion::Throughput::Elements((m * k * n) as u64));
+        for path in Path::ALL.into_iter().filter(|p| p.available()) {
+            group.bench_function(path.name(), |bench| {
+                let mut a = a.clone();
+                bench.iter(|| qmatmul::qmatmul(path, &mut a, m, 3, 0.02, &packed, &mut y))
+            });
+        }
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = engine, rows, tokenizer
+    targets = engine, rows, tokenizer, kernels
 }
 criterion_main!(benches);

@@ -82,7 +82,8 @@ pub const PANEL: usize = 64;
 const GROUP: usize = 4;
 /// Bytes of one group of one panel.
 const GROUP_BYTES: usize = PANEL * GROUP;
-/// Rows of `x` per tile.
+/// Rows of `x` per tile. (Six rows on `Vnni`, 24 zmm accumulating, was
+/// slower end to end: `edge-bert bench` 77–83 against 86–105 texts/s.)
 const MR: usize = 4;
 /// The ONNX op type [`fuse`] writes and [`onnx_builder`] reads.
 pub const OP_TYPE: &str = "EdgeBertQMatMul";
@@ -380,6 +381,9 @@ impl Post<'_> {
     }
 }
 
+/// One tile: `R` rows × one panel, products then [`Post`], each path's
+/// whole tile compiled with its target features (so the post-processing
+/// is vectorised with them too).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tile<const R: usize>(
@@ -392,26 +396,54 @@ fn tile<const R: usize>(
     n: usize,
     j0: usize,
 ) {
-    let mut acc = [[0i32; PANEL]; R];
-    let groups = stride / GROUP;
-    debug_assert!(a.len() >= R * stride && panel.len() == groups * GROUP_BYTES);
+    debug_assert!(a.len() >= R * stride && panel.len() == stride / GROUP * GROUP_BYTES);
+    let t = Tile {
+        a,
+        stride,
+        panel,
+        post,
+        n,
+        j0,
+    };
     match path {
         // SAFETY (every arm): `qmatmul` checked that the CPU has the path's
-        // features; the slices hold R rows of `stride` bytes and `groups`
-        // groups of the panel, which is all the kernels read.
+        // features; the slices hold R rows of `stride` bytes and the
+        // panel's groups, which is all the kernels read.
         #[cfg(target_arch = "x86_64")]
-        Path::Vnni => unsafe { x86::dots_vnni::<R>(a, stride, panel, &mut acc) },
+        Path::Vnni => unsafe { x86::tile_vnni::<R>(&t, y) },
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => unsafe { x86::dots_avx2::<R>(a, stride, panel, &mut acc) },
+        Path::Avx2 => unsafe { x86::tile_avx2::<R>(&t, y) },
         #[cfg(target_arch = "aarch64")]
-        Path::Sdot => unsafe { arm::dots_sdot::<R>(a, stride, panel, &mut acc) },
+        Path::Sdot => unsafe { arm::tile_sdot::<R>(&t, y) },
         #[cfg(target_arch = "aarch64")]
-        Path::Neon => unsafe { arm::dots_neon::<R>(a, stride, panel, &mut acc) },
-        _ => dots_portable::<R>(a, stride, panel, &mut acc),
+        Path::Neon => unsafe { arm::tile_neon::<R>(&t, y) },
+        _ => {
+            let mut acc = [[0i32; PANEL]; R];
+            dots_portable::<R>(a, stride, panel, &mut acc);
+            t.finish(&acc, y);
+        }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        let start = r * n + j0;
-        post.apply(acc, &mut y[start..start + post.col_sums.len()]);
+}
+
+/// A tile's operands.
+struct Tile<'a> {
+    a: &'a [u8],
+    stride: usize,
+    panel: &'a [i8],
+    post: &'a Post<'a>,
+    n: usize,
+    j0: usize,
+}
+
+impl Tile<'_> {
+    /// Writes the outputs of the tile's rows from their sums.
+    #[inline(always)]
+    fn finish<const R: usize>(&self, acc: &[[i32; PANEL]; R], y: &mut [f32]) {
+        for (r, acc) in acc.iter().enumerate() {
+            let start = r * self.n + self.j0;
+            self.post
+                .apply(acc, &mut y[start..start + self.post.col_sums.len()]);
+        }
     }
 }
 
@@ -435,8 +467,24 @@ fn dots_portable<const R: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{GROUP, GROUP_BYTES, PANEL};
+    use super::{Tile, GROUP, GROUP_BYTES, PANEL};
     use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile_vnni<const R: usize>(t: &Tile, y: &mut [f32]) {
+        let mut acc = [[0i32; PANEL]; R];
+        // SAFETY: same features; the caller checked the slices.
+        unsafe { dots_vnni::<R>(t.a, t.stride, t.panel, &mut acc) };
+        t.finish(&acc, y);
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tile_avx2<const R: usize>(t: &Tile, y: &mut [f32]) {
+        let mut acc = [[0i32; PANEL]; R];
+        // SAFETY: same features; the caller checked the slices.
+        unsafe { dots_avx2::<R>(t.a, t.stride, t.panel, &mut acc) };
+        t.finish(&acc, y);
+    }
 
     /// Four rows' four bytes, broadcast, against the panel's four zmm per
     /// group: 16 `vpdpbusd` (u8 × i8, summed in i32 without saturation).
@@ -532,8 +580,24 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
-    use super::{GROUP, GROUP_BYTES, PANEL};
+    use super::{Tile, GROUP, GROUP_BYTES, PANEL};
     use std::arch::aarch64::*;
+
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn tile_sdot<const R: usize>(t: &Tile, y: &mut [f32]) {
+        let mut acc = [[0i32; PANEL]; R];
+        // SAFETY: same features; the caller checked the slices.
+        unsafe { dots_sdot::<R>(t.a, t.stride, t.panel, &mut acc) };
+        t.finish(&acc, y);
+    }
+
+    #[target_feature(enable = "neon")]
+    pub unsafe fn tile_neon<const R: usize>(t: &Tile, y: &mut [f32]) {
+        let mut acc = [[0i32; PANEL]; R];
+        // SAFETY: same features; the caller checked the slices.
+        unsafe { dots_neon::<R>(t.a, t.stride, t.panel, &mut acc) };
+        t.finish(&acc, y);
+    }
 
     /// `acc += Σ` of each 32-bit lane's four signed byte products.
     #[inline(always)]
