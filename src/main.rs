@@ -674,6 +674,11 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
                 "ops": stats.dynamic_quantize_ops,
                 "kernel": format!("{:?}", edge_bert::dynquant::path()),
             },
+            "fused_matmul": {
+                "ops": stats.fused_matmuls,
+                "path": edge_bert::qmatmul::chosen().map(|p| p.name()),
+                "packed_bytes": stats.fused_weight_bytes,
+            },
             "weights": {
                 "held_bytes": stats.weight_bytes,
                 "shared_duplicate_bytes": stats.shared_weight_bytes,
@@ -721,6 +726,13 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
             "quantize     {} DynamicQuantizeLinear ops on edge-bert's kernel ({:?} path)",
             stats.dynamic_quantize_ops,
             edge_bert::dynquant::path()
+        );
+    }
+    if stats.fused_matmuls > 0 {
+        println!(
+            "fused int8   {} linear layers on edge-bert's fused matmul ({} path; EDGE_BERT_QMATMUL=off for tract's)",
+            stats.fused_matmuls,
+            edge_bert::qmatmul::chosen().map_or("?", |p| p.name())
         );
     }
     println!(
