@@ -57,10 +57,12 @@
 //! # When it is used
 //!
 //! [`chosen`] decides, once per process. By default the graph is fused only
-//! where this op was measured to beat tract's own int8 matmul, that is the
-//! `Vnni` path (see the README for figures), and on `Sdot`, where tract
-//! 0.23.9 has no dot-product kernel of its own. Elsewhere tract's kernels
-//! run, unfused. `EDGE_BERT_QMATMUL=off|auto|vnni|avx2|sdot|neon|portable`
+//! where this op was measured to beat tract's own int8 matmul: the `Vnni`
+//! path (see the README for figures). The `Sdot` path is tested (under
+//! qemu) but not measured on a board, and tract 0.23.9 has a dot-product
+//! kernel of its own there (`arm64simd_mmm_i32_8x8_dot`), so aarch64 keeps
+//! tract's kernels until someone measures both on a Pi 5 or a Jetson.
+//! Elsewhere tract's kernels run too, unfused. `EDGE_BERT_QMATMUL=off|auto|vnni|avx2|sdot|neon|portable`
 //! overrides it (an unavailable path falls back to `auto` with a warning).
 
 use std::cell::RefCell;
@@ -176,10 +178,7 @@ pub fn chosen() -> Option<Path> {
 
 /// [`chosen`]'s rule, given the environment variable's value.
 pub fn choose(setting: Option<&str>) -> Option<Path> {
-    let auto = || match Path::best() {
-        p @ (Path::Vnni | Path::Sdot) => Some(p),
-        _ => None,
-    };
+    let auto = || Path::Vnni.available().then_some(Path::Vnni);
     match setting.map(str::trim) {
         None | Some("") | Some("auto") => auto(),
         Some("off") => None,
@@ -1146,7 +1145,7 @@ mod tests {
         // An unknown or unavailable path falls back to auto.
         assert_eq!(choose(Some("nonsense")), choose(None));
         let auto = choose(None);
-        assert!(matches!(auto, None | Some(Path::Vnni) | Some(Path::Sdot)));
+        assert!(matches!(auto, None | Some(Path::Vnni)));
         assert_eq!(
             with_choice(Some(Path::Portable), chosen),
             Some(Path::Portable)
