@@ -963,7 +963,7 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
             }
             let w = &mmn.input[1];
             let wdims = init(w, INT8, 2)?;
-            let cast = only_reader(&mmn.output[0])?;
+            let cast = only_reader(mmn.output.first()?)?;
             let castn = &graph.node[cast];
             let to = castn.attribute.iter().find(|a| a.name == "to").map(|a| a.i);
             if castn.op_type != "Cast" || to != Some(FLOAT as i64) {
@@ -973,9 +973,10 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
             let msn = &graph.node[ms];
             let w_scale = other_operand(msn, "Mul", xs)?;
             let sdims = init(w_scale, FLOAT, 1)?;
-            let my = only_reader(&castn.output[0])?;
+            let accf = castn.output.first()?;
+            let my = only_reader(accf)?;
             let myn = &graph.node[my];
-            if other_operand(myn, "Mul", &castn.output[0])? != msn.output.first()? {
+            if other_operand(myn, "Mul", accf)? != msn.output.first()? {
                 return None;
             }
             only_reader(msn.output.first()?).filter(|&r| r == my)?;
@@ -1234,6 +1235,12 @@ mod tests {
         let mut g = chain_graph();
         g.node[2].attribute[0].i = 10;
         assert_eq!(fuse(&mut g), 0);
+        // Nodes with their outputs missing (a malformed file): no panic.
+        for ix in [1, 2] {
+            let mut g = chain_graph();
+            g.node[ix].output.clear();
+            assert_eq!(fuse(&mut g), 0);
+        }
         let before = chain_graph();
         let mut g = chain_graph();
         g.node[5].op_type = "Sub".into();
