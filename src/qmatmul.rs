@@ -844,6 +844,7 @@ impl Expansion for QMatMulNode {
         s.equals(&inputs[1].rank, 2)?;
         s.equals(&inputs[0].rank, &outputs[0].rank)?;
         s.given_2(&inputs[0].shape, &inputs[1].shape, move |s, x, w| {
+            ensure!(w.len() == 2, "{OP_TYPE}: weights of rank {}", w.len());
             let mut y = x.clone();
             if let Some(last) = y.last_mut() {
                 *last = w[1].clone();
