@@ -6,7 +6,7 @@
 #        lane 1: aarch64 tests as cortex-a72 (no dot product), then armv7;
 #        lane 2: aarch64 tests as `max` (SDOT), then the eval gate (cortex-a72):
 #                the first 300 test texts, aarch64 vs x86;
-#      (measured: a72 450 s, armv7 about 1,100 s, max 853 s, eval 689 s).
+#      (measured at 5082171: a72 660 s, armv7 1,449 s, max 1,129 s, eval 692 s).
 #   3. the arm64 and armhf packages, built from the tested binaries and
 #      checked (contents, glibc, systemd-analyze verify).
 # The deploy script's --dry-run is tested by `cargo test` (tests/it/deploy.rs).
