@@ -418,7 +418,7 @@ fn tile<const R: usize>(
         Path::Neon => unsafe { arm::tile_neon::<R>(&t, y) },
         _ => {
             let mut acc = [[0i32; PANEL]; R];
-            dots_portable::<R>(a, stride, panel, &mut acc);
+            dots_portable::<R>(t.a, t.stride, t.panel, &mut acc);
             t.finish(&acc, y);
         }
     }
