@@ -20,6 +20,11 @@
 //! applies as before. The pure kernels are [`min_max`] and [`quantize`];
 //! [`scale_and_zero_point`] is the scalar arithmetic in between.
 //!
+//! With the model's attention mask as a second input (wired by
+//! [`swap_in`]), the range is taken over the real tokens' rows only
+//! ([`masked_range`]): padding then changes nothing, as if the text ran
+//! unpadded, which is how ONNX Runtime's users run it.
+//!
 //! Semantics (ONNX): `scale = (max(0, max x) - min(0, min x)) / 255`,
 //! `zp = saturate(round(-min / scale))`, `y = saturate(round(x / scale) + zp)`,
 //! rounding to nearest with ties to even. The division is kept (not a
@@ -128,6 +133,43 @@ pub fn min_max(xs: &[f32]) -> (f32, f32) {
         Path::Neon => unsafe { arm::min_max_neon(xs) },
         _ => reference::min_max(xs),
     }
+}
+
+/// The range of the rows of `xs` (rows of `k` values) that hold real
+/// tokens: with a `mask` of one entry per row, the rows whose entry is not
+/// 0; with no mask, or one whose length is not the number of rows (e.g. the
+/// pooler's single row), every row. Same definition as [`min_max`]
+/// otherwise, so an unpadded tensor gets the range [`min_max`] gives it.
+///
+/// Padding rows never reach a real token's output in BERT (attention masks
+/// them as keys, every other op works per token), so this range makes the
+/// int8 model's answer independent of the length bucket, as ONNX Runtime's
+/// is when it runs the text unpadded.
+pub fn masked_range(xs: &[f32], k: usize, mask: Option<&[i64]>) -> (f32, f32) {
+    let rows = xs.len().checked_div(k).unwrap_or(0);
+    match mask {
+        Some(mask) if mask.len() == rows && rows * k == xs.len() => {
+            let (mut lo, mut hi) = (0.0f32, 0.0f32);
+            for (row, _) in xs.chunks_exact(k).zip(mask).filter(|(_, &m)| m != 0) {
+                let (l, h) = min_max(row);
+                if l < lo {
+                    lo = l;
+                }
+                if h > hi {
+                    hi = h;
+                }
+            }
+            (lo, hi)
+        }
+        _ => min_max(xs),
+    }
+}
+
+/// Calls `f` with the attention mask handed to an op as an optional extra
+/// input, as a slice (`None` if absent or not i64).
+pub fn with_mask<T>(input: Option<&TValue>, f: impl FnOnce(Option<&[i64]>) -> T) -> TractResult<T> {
+    let view = input.map(|m| m.try_as_plain_ram()).transpose()?;
+    Ok(f(view.as_ref().and_then(|v| v.as_slice::<i64>().ok())))
 }
 
 /// Quantises `xs` into `ys` (same length); the fastest path.
@@ -296,7 +338,8 @@ impl EvalOp for FastDynamicQuantize {
         let input = &inputs[0];
         let view = input.try_as_plain_ram()?;
         let xs = view.as_slice::<f32>()?;
-        let (lo, hi) = min_max(xs);
+        let k = input.shape().last().copied().unwrap_or(1);
+        let (lo, hi) = with_mask(inputs.get(1), |mask| masked_range(xs, k, mask))?;
         let (scale, zp) = scale_and_zero_point(lo, hi);
         // SAFETY: every element is written by `quantize` below.
         let mut dst = unsafe { Tensor::uninitialized::<u8>(input.shape())? };
@@ -328,17 +371,24 @@ impl TypedOp for FastDynamicQuantize {
 }
 
 /// Replaces tract-onnx's `DynamicQuantizeLinearU8` nodes with
-/// [`FastDynamicQuantize`] (same inputs, same outputs) and returns how many
-/// it replaced. Run it on the typed model, before `into_optimized`.
-pub fn swap_in(model: &mut TypedModel) -> usize {
-    let mut n = 0;
-    for node in model.nodes_mut() {
-        if node.op.name() == "DynamicQuantizeLinearU8" && node.inputs.len() == 1 {
-            node.op = Box::new(FastDynamicQuantize);
-            n += 1;
+/// [`FastDynamicQuantize`] (same outputs) and returns how many it
+/// replaced. With `mask`, the model's attention-mask input, each new node
+/// also reads the mask and takes its range over the real tokens only
+/// ([`masked_range`]). Run it on the typed model, before `into_optimized`.
+pub fn swap_in(model: &mut TypedModel, mask: Option<OutletId>) -> TractResult<usize> {
+    let ids: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op.name() == "DynamicQuantizeLinearU8" && n.inputs.len() == 1)
+        .map(|n| n.id)
+        .collect();
+    for &id in &ids {
+        model.nodes_mut()[id].op = Box::new(FastDynamicQuantize);
+        if let Some(mask) = mask {
+            model.add_edge(mask, InletId::new(id, 1))?;
         }
     }
-    n
+    Ok(ids.len())
 }
 
 #[cfg(test)]
@@ -430,6 +480,21 @@ mod tests {
     }
 
     #[test]
+    fn masked_range_takes_the_real_rows_only() {
+        // Three rows of two; the padding row holds the extremes.
+        let xs = [1.0, -2.0, 50.0, -60.0, 3.0, 0.5];
+        assert_eq!(masked_range(&xs, 2, None), (-60.0, 50.0));
+        assert_eq!(masked_range(&xs, 2, Some(&[1, 0, 1])), (-2.0, 3.0));
+        assert_eq!(masked_range(&xs, 2, Some(&[1, 1, 1])), (-60.0, 50.0));
+        // All padding: the range of nothing, (0, 0).
+        assert_eq!(masked_range(&xs, 2, Some(&[0, 0, 0])), (0.0, 0.0));
+        // A mask that does not fit the rows (the pooler's one row): ignored.
+        assert_eq!(masked_range(&xs, 2, Some(&[1, 0])), (-60.0, 50.0));
+        assert_eq!(masked_range(&xs, 3, Some(&[1, 0, 1])), (-60.0, 50.0));
+        assert_eq!(masked_range(&xs, 0, Some(&[])), (-60.0, 50.0));
+    }
+
+    #[test]
     fn reports_its_path() {
         let p = path();
         #[cfg(target_arch = "aarch64")]
@@ -485,6 +550,22 @@ mod tests {
         /// The same as tract-onnx's definition on finite inputs: an integer
         /// clamp after rounding, which is what the int8 golden files were
         /// made against.
+        #[test]
+        fn masked_range_is_the_range_of_the_kept_rows(
+            rows in prop::collection::vec((prop::collection::vec(value(), 5), any::<bool>()), 0..12)
+        ) {
+            let xs: Vec<f32> = rows.iter().flat_map(|(r, _)| r.iter().copied()).collect();
+            let mask: Vec<i64> = rows.iter().map(|&(_, keep)| keep as i64).collect();
+            let kept: Vec<f32> = rows
+                .iter()
+                .filter(|(_, keep)| *keep)
+                .flat_map(|(r, _)| r.iter().copied())
+                .collect();
+            let (lo, hi) = masked_range(&xs, 5, Some(&mask));
+            let (rlo, rhi) = reference::min_max(&kept);
+            prop_assert_eq!((lo.to_bits(), hi.to_bits()), (rlo.to_bits(), rhi.to_bits()));
+        }
+
         #[test]
         fn matches_integer_clamp(xs in prop::collection::vec(-50.0f32..50.0, 1..100)) {
             let (lo, hi) = reference::min_max(&xs);

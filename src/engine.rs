@@ -264,7 +264,17 @@ impl Engine {
             .and_then(|m| m.into_decluttered())
             .map_err(Error::model)?;
         log::debug!("engine: parsed and decluttered in {:?}", started.elapsed());
-        let swapped = crate::dynquant::swap_in(&mut typed);
+        // Dynamic quantisation takes its range over the real tokens only
+        // (see `dynquant::masked_range`), so it reads the attention mask.
+        let mask = match feeds.iter().position(|f| *f == Feed::Role(InputRole::Mask)) {
+            Some(ix) => typed
+                .input_outlets()
+                .map_err(Error::model)?
+                .get(ix)
+                .copied(),
+            None => None,
+        };
+        let swapped = crate::dynquant::swap_in(&mut typed, mask).map_err(Error::model)?;
         if swapped > 0 {
             log::info!(
                 "engine: {swapped} DynamicQuantizeLinear ops run by edge-bert's kernel ({:?} path)",

@@ -14,14 +14,17 @@
 //! # What
 //!
 //! [`fuse`] rewrites the ONNX graph before tract sees it: each such chain
-//! becomes one `EdgeBertQMatMul(x, W, w_scale, bias)` node. tract-onnx
-//! builds it with [`onnx_builder`], which packs `W` once ([`Packed`]) and
-//! wires [`QMatMul`], a tract op with one input, `x`. The rest of tract's
+//! becomes one `EdgeBertQMatMul(x, W, w_scale, bias[, attention_mask])`
+//! node. tract-onnx builds it with [`onnx_builder`], which packs `W` once
+//! ([`Packed`]) and wires [`QMatMul`], a tract op with the inputs `x` and,
+//! if the graph has one, the attention mask. The rest of tract's
 //! optimiser works around it as before, and every bucket's plan shares the
 //! one packed copy.
 //!
 //! Per run, [`QMatMul`] quantises `x` per tensor with [`crate::dynquant`]'s
-//! kernels (the ONNX `DynamicQuantizeLinear` definition, bit for bit), then
+//! kernels (the ONNX `DynamicQuantizeLinear` definition, bit for bit, with
+//! the range over the real tokens' rows, as the swapped-in
+//! `DynamicQuantizeLinear` takes it: [`crate::dynquant::masked_range`]), then
 //! computes, for each output `(i, j)`,
 //!
 //! ```text
@@ -68,6 +71,7 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+use crate::manifest::InputRole;
 use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{
@@ -75,7 +79,7 @@ use tract_onnx::tract_core::internal::{
     Validation,
 };
 use tract_onnx::tract_hir::internal::{
-    check_input_arity, check_output_arity, expand, Expansion, InferenceOp, Solver, TensorProxy,
+    check_output_arity, expand, Expansion, InferenceOp, Solver, TensorProxy,
 };
 
 /// Columns per packed panel.
@@ -757,7 +761,9 @@ impl EvalOp for QMatMul {
         let view = input.try_as_plain_ram()?;
         let xs = view.as_slice::<f32>()?;
         let m = xs.len() / p.k;
-        let (lo, hi) = crate::dynquant::min_max(xs);
+        let (lo, hi) = crate::dynquant::with_mask(inputs.get(1), |mask| {
+            crate::dynquant::masked_range(xs, p.k, mask)
+        })?;
         let (scale, zp) = crate::dynquant::scale_and_zero_point(lo, hi);
         let mut out_shape: TVec<usize> = shape.into();
         *out_shape.last_mut().unwrap() = p.n;
@@ -814,7 +820,8 @@ impl TypedOp for QMatMul {
 
 /// tract-onnx's builder for [`OP_TYPE`] nodes (register it under that
 /// name). Inputs: `x` (f32, `[.., k]`), `W` (i8 `[k, n]`), `w_scale` and
-/// `bias` (f32 `[n]`), the last three constant.
+/// `bias` (f32 `[n]`), those three constant, and optionally the attention
+/// mask (i64, one entry per row of `x`).
 pub fn onnx_builder(
     _ctx: &tract_onnx::model::ParsingContext,
     _node: &NodeProto,
@@ -836,7 +843,11 @@ impl Expansion for QMatMulNode {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> TractResult<()> {
-        check_input_arity(inputs, 4)?;
+        ensure!(
+            inputs.len() == 4 || inputs.len() == 5,
+            "{OP_TYPE}: {} inputs, expected 4, or 5 with the attention mask",
+            inputs.len()
+        );
         check_output_arity(outputs, 1)?;
         s.equals(&inputs[0].datum_type, f32::datum_type())?;
         s.equals(&inputs[1].datum_type, i8::datum_type())?;
@@ -891,7 +902,10 @@ impl Expansion for QMatMulNode {
             packed: Arc::new(packed),
             path,
         };
-        target.wire_node(prefix, op, &inputs[..1])
+        // x, and the attention mask if the node has one.
+        let mut wired = tvec![inputs[0]];
+        wired.extend(inputs.get(4).copied());
+        target.wire_node(prefix, op, &wired)
     }
 }
 
@@ -910,7 +924,8 @@ impl Expansion for QMatMulNode {
 ///
 /// (either operand order for `Mul` and `Add`), with each intermediate read
 /// by the next node only and none of them a graph output. Anything else is
-/// left as it is.
+/// left as it is. If the graph has an `attention_mask` input, each new node
+/// reads it too.
 pub fn fuse(graph: &mut GraphProto) -> usize {
     use std::collections::HashMap;
     // Readers of each value, graph outputs counted as readers.
@@ -939,6 +954,11 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
             .filter(|t| t.data_type == dt && t.dims.len() == rank)
             .map(|t| t.dims.clone())
     };
+    let mask = graph
+        .input
+        .iter()
+        .find(|i| matches!(InputRole::from_name(&i.name), Some(InputRole::Mask)))
+        .map(|i| i.name.clone());
     const FLOAT: i32 = 1;
     const INT8: i32 = 3;
     // (nodes to drop, the new node, where it goes)
@@ -992,12 +1012,11 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
                 name: mmn.name.clone(),
                 op_type: OP_TYPE.into(),
                 domain: "ai.edge-bert".into(),
-                input: vec![
-                    dql.input[0].clone(),
-                    w.clone(),
-                    w_scale.clone(),
-                    bias.clone(),
-                ],
+                input: [&dql.input[0], w, w_scale, bias]
+                    .into_iter()
+                    .chain(&mask)
+                    .cloned()
+                    .collect(),
                 output: adn.output.clone(),
                 ..Default::default()
             };
@@ -1215,6 +1234,15 @@ mod tests {
         assert_eq!(ops, [OP_TYPE, "Relu"]);
         assert_eq!(g.node[0].input, ["x", "W", "ws", "bias"]);
         assert_eq!(g.node[0].output, ["out"]);
+
+        // With an attention mask input, the fused node reads it too.
+        let mut g = chain_graph();
+        g.input.push(tract_onnx::pb::ValueInfoProto {
+            name: "attention_mask".into(),
+            ..Default::default()
+        });
+        assert_eq!(fuse(&mut g), 1);
+        assert_eq!(g.node[0].input, ["x", "W", "ws", "bias", "attention_mask"]);
 
         // An intermediate read elsewhere, a graph output, a u8 weight, a
         // bias of the wrong width, a cast to another type: left alone.
