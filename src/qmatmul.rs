@@ -43,6 +43,12 @@
 //! `Σ xq·W` is taken over the raw `xq`; the zero point comes out of it
 //! through precomputed column sums.
 //!
+//! - `Amx` (x86-64 with AMX-INT8, e.g. Sapphire Rapids; Linux grants the
+//!   tile state through `arch_prctl` first): `tdpbusd` on 2 × 2 blocks of
+//!   tiles, 32 rows × 32 columns × 64 bytes of `k` per step. A panel's
+//!   groups are already the B-tile layout (one 64-byte tile row is a group
+//!   of 16 columns; rows 256 bytes apart). Depths that are not whole tiles
+//!   (`k` not a multiple of 64) take the `Vnni` tile.
 //! - `Vnni` (x86-64 with AVX-512 VNNI): four zmm of weights × four rows,
 //!   16 `vpdpbusd` per group of four.
 //! - `Avx2` (x86-64): bytes widened to i16, `vpmaddwd`, exact.
@@ -60,12 +66,12 @@
 //! # When it is used
 //!
 //! [`chosen`] decides, once per process. By default the graph is fused only
-//! where this op was measured to beat tract's own int8 matmul: the `Vnni`
-//! path (see the README for figures). The `Sdot` path is tested (under
+//! where this op was measured to beat tract's own int8 matmul: the `Amx`
+//! and `Vnni` paths (see the README for figures). The `Sdot` path is tested (under
 //! qemu) but not measured on a board, and tract 0.23.9 has a dot-product
 //! kernel of its own there (`arm64simd_mmm_i32_8x8_dot`), so aarch64 keeps
 //! tract's kernels until someone measures both on a Pi 5 or a Jetson.
-//! Elsewhere tract's kernels run too, unfused. `EDGE_BERT_QMATMUL=off|auto|vnni|avx2|sdot|neon|portable`
+//! Elsewhere tract's kernels run too, unfused. `EDGE_BERT_QMATMUL=off|auto|amx|vnni|avx2|sdot|neon|portable`
 //! overrides it (an unavailable path falls back to `auto` with a warning).
 
 use std::cell::RefCell;
@@ -97,6 +103,7 @@ pub const OP_TYPE: &str = "EdgeBertQMatMul";
 /// A kernel for the integer products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Path {
+    Amx,
     Vnni,
     Avx2,
     Sdot,
@@ -106,7 +113,8 @@ pub enum Path {
 
 impl Path {
     /// Every path, fastest first.
-    pub const ALL: [Path; 5] = [
+    pub const ALL: [Path; 6] = [
+        Path::Amx,
         Path::Vnni,
         Path::Avx2,
         Path::Sdot,
@@ -117,6 +125,8 @@ impl Path {
     /// Whether this CPU can run the path.
     pub fn available(self) -> bool {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx => Path::Vnni.available() && amx::available(),
             #[cfg(target_arch = "x86_64")]
             Path::Vnni => {
                 std::is_x86_feature_detected!("avx512f")
@@ -145,6 +155,7 @@ impl Path {
 
     pub fn name(self) -> &'static str {
         match self {
+            Path::Amx => "amx",
             Path::Vnni => "vnni",
             Path::Avx2 => "avx2",
             Path::Sdot => "sdot",
@@ -182,7 +193,7 @@ pub fn chosen() -> Option<Path> {
 
 /// [`chosen`]'s rule, given the environment variable's value.
 pub fn choose(setting: Option<&str>) -> Option<Path> {
-    let auto = || Path::Vnni.available().then_some(Path::Vnni);
+    let auto = || [Path::Amx, Path::Vnni].into_iter().find(|p| p.available());
     match setting.map(str::trim) {
         None | Some("") | Some("auto") => auto(),
         Some("off") => None,
@@ -191,7 +202,7 @@ pub fn choose(setting: Option<&str>) -> Option<Path> {
             _ => {
                 log::warn!(
                     "EDGE_BERT_QMATMUL={name:?}: not a path this CPU has \
-                     (off, auto, vnni, avx2, sdot, neon, portable); using auto"
+                     (off, auto, amx, vnni, avx2, sdot, neon, portable); using auto"
                 );
                 auto()
             }
@@ -336,18 +347,21 @@ pub fn qmatmul(
     } else {
         -(zp as i32)
     };
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Amx && stride.is_multiple_of(amx::KB) {
+        // SAFETY: the path is available (AMX-INT8, the OS's permission,
+        // and AVX-512 VNNI); `a` holds m rows of `stride` bytes, a multiple
+        // of the tile depth; `y` holds m rows of n.
+        unsafe { amx::run(a, m, stride, packed, offset, x_scale, y) };
+        return;
+    }
+    // AMX tiles take 64 bytes of `k` at a time; other depths take VNNI.
+    let path = if path == Path::Amx { Path::Vnni } else { path };
     let n = packed.n;
     for p in 0..n.div_ceil(PANEL) {
         let panel = packed.panel(p);
-        let cols = PANEL.min(n - p * PANEL);
         let j0 = p * PANEL;
-        let post = Post {
-            offset,
-            x_scale,
-            col_sums: &packed.col_sums[j0..j0 + cols],
-            w_scale: &packed.w_scale[j0..j0 + cols],
-            bias: &packed.bias[j0..j0 + cols],
-        };
+        let post = Post::for_panel(packed, p, offset, x_scale);
         let mut i = 0;
         while i < m {
             let rows = MR.min(m - i);
@@ -374,6 +388,18 @@ struct Post<'a> {
 }
 
 impl Post<'_> {
+    fn for_panel(packed: &Packed, p: usize, offset: i32, x_scale: f32) -> Post<'_> {
+        let j0 = p * PANEL;
+        let cols = PANEL.min(packed.n - j0);
+        Post {
+            offset,
+            x_scale,
+            col_sums: &packed.col_sums[j0..j0 + cols],
+            w_scale: &packed.w_scale[j0..j0 + cols],
+            bias: &packed.bias[j0..j0 + cols],
+        }
+    }
+
     #[inline(always)]
     fn apply(&self, acc: &[i32; PANEL], y: &mut [f32]) {
         let cols = self.col_sums.len();
@@ -463,6 +489,207 @@ fn dots_portable<const R: usize>(
             for (c, acc) in acc.iter_mut().enumerate() {
                 let w = &w[c * GROUP..][..GROUP];
                 *acc += (0..GROUP).map(|t| x[t] as i32 * w[t] as i32).sum::<i32>();
+            }
+        }
+    }
+}
+
+/// Intel AMX (Sapphire Rapids and later): `tdpbusd` on tiles of 16 rows
+/// of 64 bytes, 64 bytes of `k` deep per step.
+/// The packed panel is already the B-tile layout (a tile row is one group
+/// of four rows of `W` for 16 columns: 64 bytes, rows 256 bytes apart).
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::{Packed, Post, GROUP, GROUP_BYTES, PANEL};
+    use std::arch::asm;
+    use std::cell::RefCell;
+    use std::sync::OnceLock;
+
+    /// Rows of `x` per tile.
+    const TR: usize = 16;
+    /// Bytes of `k` per tile (a tile row).
+    pub const KB: usize = 64;
+
+    /// Whether the CPU has AMX-TILE and AMX-INT8 and the OS lets this
+    /// process use the tile registers (Linux: `arch_prctl`, asked once).
+    pub fn available() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            // CPUID.(EAX=7, ECX=0):EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
+            #[allow(unused_unsafe)]
+            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU with AVX2+.
+            let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+            leaf.edx & (1 << 24) != 0 && leaf.edx & (1 << 25) != 0 && permission()
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn permission() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: asks the kernel for a permission; no memory is passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn permission() -> bool {
+        false
+    }
+
+    /// The 64-byte tile configuration (palette 1).
+    #[repr(C, align(64))]
+    struct Config {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    thread_local! {
+        /// The last rows of `x`, zero-padded to whole tiles; grows to the
+        /// largest `k` seen, then is reused.
+        static TAIL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// [`super::qmatmul`] on AMX. Rows go 32 at a time (the last block
+    /// copied and zero-padded to whole tiles); for each panel, each half
+    /// (32 columns) is a 2 × 2 block of tiles: tmm0–3 the sums, tmm4–5
+    /// two tiles of 16 rows of `x`, tmm6–7 two tiles of `W`, every tile
+    /// 16 rows of 64 bytes.
+    ///
+    /// # Safety
+    ///
+    /// [`available`] and AVX-512 VNNI; `a` holds `m` rows of `stride`
+    /// bytes with `stride % KB == 0` and `stride == packed.row_stride()`;
+    /// `y` holds `m × packed.n`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn run(
+        a: &[u8],
+        m: usize,
+        stride: usize,
+        packed: &Packed,
+        offset: i32,
+        x_scale: f32,
+        y: &mut [f32],
+    ) {
+        assert!(stride.is_multiple_of(KB) && a.len() >= m * stride && y.len() >= m * packed.n);
+        let n = packed.n;
+        // Palette 1 has eight tiles; the other entries must be zero.
+        let mut cfg = Config {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        cfg.colsb[..8].fill(KB as u16);
+        cfg.rows[..8].fill(TR as u8);
+        // SAFETY: a valid palette-1 configuration, 64 bytes.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly)) };
+        TAIL.with(|tail| {
+            let mut tail = tail.borrow_mut();
+            let mut i = 0;
+            while i < m {
+                let rows = (m - i).min(2 * TR);
+                let x = &a[i * stride..(i + rows) * stride];
+                let block: &[u8] = if rows == 2 * TR {
+                    x
+                } else {
+                    tail.resize(2 * TR * stride, 0);
+                    tail[..x.len()].copy_from_slice(x);
+                    tail[x.len()..].fill(0);
+                    &tail
+                };
+                let y = &mut y[i * n..(i + rows) * n];
+                // SAFETY: `block` holds 32 rows of `stride` bytes; the
+                // caller's promises for the rest.
+                unsafe { block32(block, rows, stride, packed, offset, x_scale, y) };
+                i += rows;
+            }
+        });
+        // SAFETY: gives the tile state back (smaller context switches).
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// Up to 32 rows (`rows`) of outputs from a block of 32 rows of `x`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn block32(
+        block: &[u8],
+        rows: usize,
+        stride: usize,
+        packed: &Packed,
+        offset: i32,
+        x_scale: f32,
+        y: &mut [f32],
+    ) {
+        debug_assert!(block.len() == 2 * TR * stride && y.len() == rows * packed.n);
+        let n = packed.n;
+        let mut acc = [[0i32; PANEL]; 2 * TR];
+        let x0 = block.as_ptr();
+        // SAFETY: row 16 of the 32.
+        let x1 = unsafe { x0.add(TR * stride) };
+        let out = acc.as_mut_ptr() as *mut u8;
+        for p in 0..n.div_ceil(PANEL) {
+            let w0 = packed.panel(p).as_ptr();
+            for half in 0..2 {
+                // SAFETY: tiles configured by `run`; step kc reads 16 rows
+                // of 64 bytes, `stride` apart, at x0 / x1 + 64·kc (inside
+                // the block's rows), and 16 rows of 64 bytes, 256 apart, of
+                // the panel from group 16·kc, column 32·half (the panel
+                // has stride / 4 groups of 256 bytes); the stores write 16
+                // rows of 64 bytes, 256 apart, inside `acc` (32 rows of 256).
+                unsafe {
+                    let w = w0.add(half * 128);
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                    for kc in 0..stride / KB {
+                        asm!(
+                            "tileloadd tmm4, [{x0} + {xs}*1]",
+                            "tileloadd tmm6, [{w} + {ws}*1]",
+                            "tdpbusd tmm0, tmm4, tmm6",
+                            "tileloadd tmm7, [{w} + {ws}*1 + 64]",
+                            "tdpbusd tmm1, tmm4, tmm7",
+                            "tileloadd tmm5, [{x1} + {xs}*1]",
+                            "tdpbusd tmm2, tmm5, tmm6",
+                            "tdpbusd tmm3, tmm5, tmm7",
+                            x0 = in(reg) x0.add(kc * KB),
+                            x1 = in(reg) x1.add(kc * KB),
+                            xs = in(reg) stride,
+                            w = in(reg) w.add(kc * (KB / GROUP) * GROUP_BYTES),
+                            ws = in(reg) GROUP_BYTES,
+                            options(nostack, readonly)
+                        );
+                    }
+                    let o = out.add(half * 128);
+                    asm!(
+                        "tilestored [{o} + {s}*1], tmm0",
+                        "tilestored [{o} + {s}*1 + 64], tmm1",
+                        "tilestored [{o1} + {s}*1], tmm2",
+                        "tilestored [{o1} + {s}*1 + 64], tmm3",
+                        o = in(reg) o,
+                        o1 = in(reg) o.add(TR * PANEL * 4),
+                        s = in(reg) PANEL * 4,
+                        options(nostack)
+                    );
+                }
+            }
+            let post = Post::for_panel(packed, p, offset, x_scale);
+            let cols = post.col_sums.len();
+            for (r, acc) in acc[..rows].iter().enumerate() {
+                let start = r * n + p * PANEL;
+                post.apply(acc, &mut y[start..start + cols]);
             }
         }
     }
@@ -1095,7 +1322,39 @@ mod tests {
             (usize, usize, usize),
         ),
     > {
-        (1usize..11, 1usize..80, 1usize..150).prop_flat_map(|(m, k, n)| {
+        cases(1usize..11, 1usize..80)
+    }
+
+    /// Depths in whole 64-byte AMX tiles, and more than one tile of rows.
+    fn tile_case() -> impl Strategy<
+        Value = (
+            Vec<u8>,
+            u8,
+            f32,
+            Vec<i8>,
+            Vec<f32>,
+            Vec<f32>,
+            (usize, usize, usize),
+        ),
+    > {
+        cases(1usize..40, (1usize..7).prop_map(|t| t * 64))
+    }
+
+    fn cases(
+        m: impl Strategy<Value = usize>,
+        k: impl Strategy<Value = usize>,
+    ) -> impl Strategy<
+        Value = (
+            Vec<u8>,
+            u8,
+            f32,
+            Vec<i8>,
+            Vec<f32>,
+            Vec<f32>,
+            (usize, usize, usize),
+        ),
+    > {
+        (m, k, 1usize..150).prop_flat_map(|(m, k, n)| {
             (
                 proptest::collection::vec(any::<u8>(), m * k),
                 any::<u8>(),
@@ -1123,12 +1382,29 @@ mod tests {
                 prop_assert!(same, "{:?}: {:?} vs {:?}", path, got, want);
             }
         }
+
+        #[test]
+        fn every_path_is_the_definition_at_whole_tile_depths((a, zp, xs, w, ws, b, mkn) in tile_case()) {
+            let (m, _, n) = mkn;
+            let mut want = vec![0f32; m * n];
+            reference(&a, zp, xs, &w, &ws, &b, mkn, &mut want);
+            for path in Path::ALL.into_iter().filter(|p| p.available()) {
+                let got = fused(path, &a, zp, xs, &w, &ws, &b, mkn);
+                let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                prop_assert!(same, "{:?}: {:?} vs {:?}", path, got, want);
+            }
+        }
     }
 
     /// The extremes: 255 × -128 over a long row, for every zero point edge.
     #[test]
     fn extreme_values_are_exact() {
-        let (m, k, n) = (5, 1540, 70);
+        for (m, k, n) in [(5, 1540, 70), (21, 1536, 70)] {
+            extremes(m, k, n);
+        }
+    }
+
+    fn extremes(m: usize, k: usize, n: usize) {
         let w: Vec<i8> = (0..k * n)
             .map(|i| if i % 3 == 0 { 127 } else { -128 })
             .collect();
@@ -1166,7 +1442,8 @@ mod tests {
         // An unknown or unavailable path falls back to auto.
         assert_eq!(choose(Some("nonsense")), choose(None));
         let auto = choose(None);
-        assert!(matches!(auto, None | Some(Path::Vnni)));
+        assert!(matches!(auto, None | Some(Path::Amx) | Some(Path::Vnni)));
+        assert_eq!(auto == Some(Path::Amx), Path::Amx.available());
         assert_eq!(
             with_choice(Some(Path::Portable), chosen),
             Some(Path::Portable)
