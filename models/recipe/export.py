@@ -304,7 +304,7 @@ def main():
         "recipe": "bash models/recipe/run.sh  (prepare_data.py -> train.py -> export.py -> make_tiny.py)",
     }
     write_manifest(bundle, name="sentiment-fp32", precision="fp32", labels=LABELS,
-                   max_seq_len=args.max_seq_len, buckets=[16, 32, 64, 128], provenance=provenance)
+                   max_seq_len=args.max_seq_len, buckets=[8, 16, 24, 32, 48, 64, 96, 128], provenance=provenance)
     print(f"wrote {bundle / 'manifest.json'}")
 
 
