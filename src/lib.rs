@@ -34,6 +34,8 @@
 //!   SIMD paths chosen at run time (pure kernels + the op).
 //! - [`qmatmul`]: a fused int8 matmul op for tract (quantise, multiply,
 //!   dequantise, add the bias), SIMD kernels chosen at run time.
+//! - [`softmax`]: a faster softmax over the last axis for tract's f32
+//!   attention (a vectorisable polynomial `exp`, same bits on every build).
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
 //! - [`classifier`]: text in, [`Classification`] out.
 //! - [`client`]: talking to a running `edge-bert serve`.
@@ -72,6 +74,7 @@ pub mod qmatmul;
 pub mod rows;
 pub mod serial;
 pub mod server;
+pub mod softmax;
 pub mod tokenize;
 pub mod weights;
 
