@@ -81,8 +81,8 @@ use crate::manifest::InputRole;
 use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{
-    as_op, ensure, op_as_typed_op, op_out_of_plan, EvalContext, EvalOp, Op, StaticName, TypedOp,
-    Validation,
+    as_op, ensure, op_as_typed_op, op_out_of_plan, AxisChangeConsequence, AxisOp, EvalContext,
+    EvalOp, InOut, Op, StaticName, TypedOp, Validation,
 };
 use tract_onnx::tract_hir::internal::{
     check_output_arity, expand, Expansion, InferenceOp, Solver, TensorProxy,
@@ -1040,6 +1040,34 @@ impl TypedOp for QMatMul {
         let mut shape = x.shape.to_tvec();
         *shape.last_mut().unwrap() = self.packed.n.to_dim();
         Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn change_axes(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+        io: InOut,
+        change: &AxisOp,
+    ) -> TractResult<Option<AxisChangeConsequence>> {
+        // `x` and `y` may change layout (tract removes the batch axis, for
+        // one), as long as `k` and `n` stay last; the mask is read flat
+        // and stays as it is.
+        if !matches!(io, InOut::In(0) | InOut::Out(0)) {
+            return Ok(None);
+        }
+        let rank = model.outlet_fact(node.inputs[0])?.rank();
+        let ok = match change {
+            AxisOp::Rm(a) => *a + 1 < rank,
+            AxisOp::Add(a) => *a < rank,
+            _ => false,
+        };
+        Ok(ok.then(|| AxisChangeConsequence {
+            substitute_op: None,
+            wire_changes: tvec![
+                (InOut::In(0), change.clone()),
+                (InOut::Out(0), change.clone())
+            ],
+        }))
     }
 
     as_op!();

@@ -26,8 +26,8 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{
-    as_op, bail, ensure, op_as_typed_op, op_out_of_plan, AxesMapping, EvalContext, EvalOp, Op,
-    StaticName, TypedOp, Validation,
+    as_op, bail, ensure, op_as_typed_op, op_out_of_plan, AxesMapping, AxisChangeConsequence,
+    AxisOp, EvalContext, EvalOp, InOut, Op, StaticName, TypedOp, Validation,
 };
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
@@ -181,6 +181,23 @@ impl TypedOp for FastSoftmax {
         outputs: &[&TypedFact],
     ) -> TractResult<AxesMapping> {
         AxesMapping::natural(inputs, outputs)
+    }
+
+    fn change_axes(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+        _io: InOut,
+        change: &AxisOp,
+    ) -> TractResult<Option<AxisChangeConsequence>> {
+        // Fine as long as the softmax axis stays the last one.
+        let rank = model.outlet_fact(node.inputs[0])?.rank();
+        let ok = match change {
+            AxisOp::Rm(a) => *a + 1 < rank,
+            AxisOp::Add(a) => *a < rank,
+            _ => false,
+        };
+        Ok(ok.then(|| AxisChangeConsequence::new(model, node, None, change)))
     }
 
     as_op!();
