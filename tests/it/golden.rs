@@ -262,15 +262,17 @@ fn int8_logits_do_not_depend_on_the_bucket() {
     use edge_bert::engine::{Engine, ModelFormat};
     use edge_bert::qmatmul::{with_choice, Path};
     let bytes = std::fs::read(int8_dir().join("model.onnx")).unwrap();
+    // Few texts and two buckets: this also runs under qemu, where the
+    // portable fused path (armv7) is slow.
     let refs: Vec<Reference> = int8_reference()
         .into_iter()
         .filter(|r| r.input_ids.len() <= 32)
-        .step_by(3)
+        .step_by(8)
         .collect();
-    assert!(refs.len() >= 8, "{}", refs.len());
+    assert!(refs.len() >= 5, "{}", refs.len());
     let mut worst = 0.0f32;
     for choice in [None, Some(Path::best())] {
-        let mut per_bucket: Vec<Engine> = [32, 64, 128]
+        let mut per_bucket: Vec<Engine> = [32, 64]
             .into_iter()
             .map(|b| {
                 with_choice(choice, || {
