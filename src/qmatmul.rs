@@ -1056,11 +1056,7 @@ impl TypedOp for QMatMul {
             return Ok(None);
         }
         let rank = model.outlet_fact(node.inputs[0])?.rank();
-        let ok = match change {
-            AxisOp::Rm(a) => *a + 1 < rank,
-            AxisOp::Add(a) => *a < rank,
-            _ => false,
-        };
+        let ok = crate::softmax::keeps_last_axis(change, rank);
         Ok(ok.then(|| AxisChangeConsequence {
             substitute_op: None,
             wire_changes: tvec![
@@ -1339,49 +1335,48 @@ mod tests {
         y
     }
 
-    fn case() -> impl Strategy<
-        Value = (
-            Vec<u8>,
-            u8,
-            f32,
-            Vec<i8>,
-            Vec<f32>,
-            Vec<f32>,
-            (usize, usize, usize),
-        ),
-    > {
+    /// `x` (u8), its zero point and scale, `W`, its scales, the bias, and
+    /// `(m, k, n)`.
+    type Case = (
+        Vec<u8>,
+        u8,
+        f32,
+        Vec<i8>,
+        Vec<f32>,
+        Vec<f32>,
+        (usize, usize, usize),
+    );
+
+    /// Every path this CPU has against the definition, bit for bit.
+    fn check(case: Case) -> Result<(), TestCaseError> {
+        let (a, zp, xs, w, ws, b, mkn) = case;
+        let (m, _, n) = mkn;
+        let mut want = vec![0f32; m * n];
+        reference(&a, zp, xs, &w, &ws, &b, mkn, &mut want);
+        for path in Path::ALL.into_iter().filter(|p| p.available()) {
+            let got = fused(path, &a, zp, xs, &w, &ws, &b, mkn);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            prop_assert!(same, "{:?}: {:?} vs {:?}", path, got, want);
+        }
+        Ok(())
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
         cases(1usize..11, 1usize..80)
     }
 
     /// Depths in whole 64-byte AMX tiles, and more than one tile of rows.
-    fn tile_case() -> impl Strategy<
-        Value = (
-            Vec<u8>,
-            u8,
-            f32,
-            Vec<i8>,
-            Vec<f32>,
-            Vec<f32>,
-            (usize, usize, usize),
-        ),
-    > {
+    fn tile_case() -> impl Strategy<Value = Case> {
         cases(1usize..40, (1usize..7).prop_map(|t| t * 64))
     }
 
     fn cases(
         m: impl Strategy<Value = usize>,
         k: impl Strategy<Value = usize>,
-    ) -> impl Strategy<
-        Value = (
-            Vec<u8>,
-            u8,
-            f32,
-            Vec<i8>,
-            Vec<f32>,
-            Vec<f32>,
-            (usize, usize, usize),
-        ),
-    > {
+    ) -> impl Strategy<Value = Case> {
         (m, k, 1usize..150).prop_flat_map(|(m, k, n)| {
             (
                 proptest::collection::vec(any::<u8>(), m * k),
@@ -1400,27 +1395,13 @@ mod tests {
 
         /// Every path this CPU has gives the definition's outputs, bit for bit.
         #[test]
-        fn every_path_is_the_definition_bit_for_bit((a, zp, xs, w, ws, b, mkn) in case()) {
-            let (m, _, n) = mkn;
-            let mut want = vec![0f32; m * n];
-            reference(&a, zp, xs, &w, &ws, &b, mkn, &mut want);
-            for path in Path::ALL.into_iter().filter(|p| p.available()) {
-                let got = fused(path, &a, zp, xs, &w, &ws, &b, mkn);
-                let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
-                prop_assert!(same, "{:?}: {:?} vs {:?}", path, got, want);
-            }
+        fn every_path_is_the_definition_bit_for_bit(c in case()) {
+            check(c)?;
         }
 
         #[test]
-        fn every_path_is_the_definition_at_whole_tile_depths((a, zp, xs, w, ws, b, mkn) in tile_case()) {
-            let (m, _, n) = mkn;
-            let mut want = vec![0f32; m * n];
-            reference(&a, zp, xs, &w, &ws, &b, mkn, &mut want);
-            for path in Path::ALL.into_iter().filter(|p| p.available()) {
-                let got = fused(path, &a, zp, xs, &w, &ws, &b, mkn);
-                let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
-                prop_assert!(same, "{:?}: {:?} vs {:?}", path, got, want);
-            }
+        fn every_path_is_the_definition_at_whole_tile_depths(c in tile_case()) {
+            check(c)?;
         }
     }
 

@@ -192,15 +192,22 @@ impl TypedOp for FastSoftmax {
     ) -> TractResult<Option<AxisChangeConsequence>> {
         // Fine as long as the softmax axis stays the last one.
         let rank = model.outlet_fact(node.inputs[0])?.rank();
-        let ok = match change {
-            AxisOp::Rm(a) => *a + 1 < rank,
-            AxisOp::Add(a) => *a < rank,
-            _ => false,
-        };
-        Ok(ok.then(|| AxisChangeConsequence::new(model, node, None, change)))
+        Ok(keeps_last_axis(change, rank)
+            .then(|| AxisChangeConsequence::new(model, node, None, change)))
     }
 
     as_op!();
+}
+
+/// Whether `change` on a tensor of `rank` axes removes or inserts an axis
+/// before the last one, leaving the last axis last (what the ops that work
+/// along the last axis, this one and `qmatmul`'s, accept).
+pub(crate) fn keeps_last_axis(change: &AxisOp, rank: usize) -> bool {
+    match change {
+        AxisOp::Rm(a) => *a + 1 < rank,
+        AxisOp::Add(a) => *a < rank,
+        _ => false,
+    }
 }
 
 /// Replaces tract's f32 `Softmax` over the last axis with [`FastSoftmax`]
