@@ -283,6 +283,8 @@ impl Engine {
         }
         let softmaxes = crate::softmax::swap_in(&mut typed).map_err(Error::model)?;
         log::debug!("engine: {softmaxes} softmax ops run by edge-bert's kernel");
+        let gelus = crate::gelu::swap_in(&mut typed).map_err(Error::model)?;
+        log::debug!("engine: {gelus} GELU ops run by edge-bert's kernel");
         if fused > 0 {
             log::info!(
                 "engine: {fused} quantised linear layers run by edge-bert's fused int8 matmul ({} path)",

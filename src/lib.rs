@@ -36,6 +36,8 @@
 //!   dequantise, add the bias), SIMD kernels chosen at run time.
 //! - [`softmax`]: a faster softmax over the last axis for tract's f32
 //!   attention (a vectorisable polynomial `exp`, same bits on every build).
+//! - [`gelu`]: tract's exact GELU, its element-wise passes vectorised
+//!   (same bits as tract's op).
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
 //! - [`classifier`]: text in, [`Classification`] out.
 //! - [`client`]: talking to a running `edge-bert serve`.
@@ -66,6 +68,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod framing;
+pub mod gelu;
 pub mod manifest;
 pub mod memory;
 pub mod postprocess;

@@ -403,6 +403,23 @@ impl Post<'_> {
     #[inline(always)]
     fn apply(&self, acc: &[i32; PANEL], y: &mut [f32]) {
         let cols = self.col_sums.len();
+        if cols == PANEL {
+            // Whole panels, in fixed-size arrays: the loop is vectorised
+            // whatever the caller it is inlined into.
+            let (Ok(y), Ok(sums), Ok(ws), Ok(bias)) = (
+                <&mut [f32; PANEL]>::try_from(&mut y[..PANEL]),
+                <&[i32; PANEL]>::try_from(self.col_sums),
+                <&[f32; PANEL]>::try_from(self.w_scale),
+                <&[f32; PANEL]>::try_from(self.bias),
+            ) else {
+                unreachable!("panel slices are PANEL long");
+            };
+            for j in 0..PANEL {
+                let v = acc[j] + self.offset * sums[j];
+                y[j] = v as f32 * (self.x_scale * ws[j]) + bias[j];
+            }
+            return;
+        }
         for j in 0..cols {
             let v = acc[j] + self.offset * self.col_sums[j];
             y[j] = v as f32 * (self.x_scale * self.w_scale[j]) + self.bias[j];
