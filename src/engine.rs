@@ -219,9 +219,13 @@ impl Engine {
             (Some(_), Some(graph)) => crate::qmatmul::fuse(graph),
             _ => 0,
         };
+        let attention = proto.graph.as_mut().map_or(0, crate::attention::fuse);
+        log::debug!("engine: {attention} attention blocks run by edge-bert's kernel");
         let mut onnx = tract_onnx::onnx();
         onnx.op_register
             .insert(crate::qmatmul::OP_TYPE, crate::qmatmul::onnx_builder);
+        onnx.op_register
+            .insert(crate::attention::OP_TYPE, crate::attention::onnx_builder);
         let mut model = onnx.model_for_proto_model(&proto).map_err(Error::model)?;
         drop(proto);
 

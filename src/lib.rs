@@ -36,6 +36,8 @@
 //!   dequantise, add the bias), SIMD kernels chosen at run time.
 //! - [`softmax`]: a faster softmax over the last axis for tract's f32
 //!   attention (a vectorisable polynomial `exp`, same bits on every build).
+//! - [`attention`]: BERT's self-attention (two matmuls per head around
+//!   the softmax) as one tract op, fused into the ONNX graph.
 //! - [`gelu`]: tract's exact GELU, its element-wise passes vectorised
 //!   (same bits as tract's op).
 //! - [`postprocess`]: softmax and arg-max over logits (pure).
@@ -59,6 +61,7 @@
 //! these modules.
 
 pub mod alloc_probe;
+pub mod attention;
 pub mod bundle;
 pub mod classifier;
 pub mod client;
