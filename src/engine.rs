@@ -219,7 +219,15 @@ impl Engine {
             (Some(_), Some(graph)) => crate::qmatmul::fuse(graph),
             _ => 0,
         };
-        let attention = proto.graph.as_mut().map_or(0, crate::attention::fuse);
+        // Not on 32-bit ARM: LLVM keeps f32 loops on scalar VFP there (NEON
+        // flushes denormals), so the op's loops do not vectorise, while
+        // tract has NEON kernels for the matmuls (the qemu armv7 golden
+        // tests went from 626 s to 1,623 s with it).
+        let attention = if cfg!(target_arch = "arm") {
+            0
+        } else {
+            proto.graph.as_mut().map_or(0, crate::attention::fuse)
+        };
         log::debug!("engine: {attention} attention blocks run by edge-bert's kernel");
         let mut onnx = tract_onnx::onnx();
         onnx.op_register
