@@ -152,17 +152,32 @@ impl EvalOp for FastSoftmax {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let Some(input) = inputs.into_iter().next() else {
-            bail!("EdgeBertSoftmax: no input");
-        };
-        let len = input.shape().last().copied().unwrap_or(0);
-        let mut t = input.into_tensor();
-        {
-            let mut view = t.try_as_plain_ram_mut()?;
-            rows(view.as_slice_mut::<f32>()?, len);
-        }
-        Ok(tvec!(t.into_tvalue()))
+        eval_f32_in_place("EdgeBertSoftmax", inputs, |xs, shape| {
+            rows(xs, shape.last().copied().unwrap_or(0));
+            Ok(())
+        })
     }
+}
+
+/// The eval of an op that rewrites its single f32 input in place (this
+/// softmax, `gelu`'s op): `f` gets the values and the shape, and the
+/// tensor is the output (tract's buffer when the op holds the only
+/// reference to it, a copy otherwise).
+pub(crate) fn eval_f32_in_place(
+    op: &str,
+    inputs: TVec<TValue>,
+    f: impl FnOnce(&mut [f32], &[usize]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    let Some(input) = inputs.into_iter().next() else {
+        bail!("{op}: no input");
+    };
+    let mut t = input.into_tensor();
+    let shape: TVec<usize> = t.shape().into();
+    {
+        let mut view = t.try_as_plain_ram_mut()?;
+        f(view.as_slice_mut::<f32>()?, &shape)?;
+    }
+    Ok(tvec!(t.into_tvalue()))
 }
 
 impl TypedOp for FastSoftmax {
