@@ -8,15 +8,15 @@
 //!     EDGE_BERT_BENCH_MODEL=models/sentiment-fp32 cargo bench --bench hot_path
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use edge_bert::engine::{decode, Engine, ModelFormat};
-use edge_bert::qmatmul::{self, Packed, Path};
-use edge_bert::tokenize::{Scratch, TextTokenizer};
-use edge_bert::Bundle;
+use edge_bert_kernels::qmatmul::{self, Packed, Path};
+use edge_bert_model::engine::{decode, Engine, ModelFormat};
+use edge_bert_model::tokenize::{Scratch, TextTokenizer};
+use edge_bert_model::Bundle;
 
 fn bundle() -> Bundle {
     match std::env::var_os("EDGE_BERT_BENCH_MODEL") {
         Some(dir) => Bundle::load_dir(dir).expect("bundle"),
-        None => Bundle::embedded()
+        None => edge_bert_model::embedded::bundle()
             .expect("built without the embedded model: set EDGE_BERT_BENCH_MODEL")
             .expect("embedded bundle"),
     }
@@ -59,15 +59,16 @@ fn rows(c: &mut Criterion) {
     };
     let proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(&*b.model_bytes).unwrap();
     let graph = proto.graph.unwrap();
-    let found = edge_bert::rows::find_word_gather(&graph, "input_ids").unwrap();
-    let ranges = edge_bert::rows::initializer_ranges(&b.model_bytes).unwrap();
+    let found = edge_bert_model::rows::find_word_gather(&graph, "input_ids").unwrap();
+    let ranges = edge_bert_model::rows::initializer_ranges(&b.model_bytes).unwrap();
     let (_, range) = ranges
         .iter()
         .rev()
         .find(|(n, _)| *n == found.table)
         .unwrap();
     let rows =
-        edge_bert::rows::FileRows::new(file, range.clone(), found.rows, found.row_bytes).unwrap();
+        edge_bert_model::rows::FileRows::new(file, range.clone(), found.rows, found.row_bytes)
+            .unwrap();
     let len = *b.manifest.effective_buckets().last().unwrap();
     let ids: Vec<u32> = (0..len as u32).map(|i| 1000 + i * 211 % 28000).collect();
     let mut dst = vec![0u8; len * found.row_bytes];

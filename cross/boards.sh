@@ -53,3 +53,7 @@ highest_glibc() {
 glibc_ok() {
   [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | tail -1)" = "$2" ]
 }
+
+# The packages whose tests run on the boards (cross/build.sh --tests,
+# cross/test.sh): the binary crate and the runtime's library crates.
+TEST_PACKAGES="-p edge-bert -p edge-bert-kernels -p edge-bert-model -p edge-bert-wire"

@@ -60,9 +60,10 @@ export PATH="$ZIG_VENV/bin:$PATH"
 export CARGO_TARGET_DIR="${EDGE_BERT_CROSS_TARGET_DIR:-$HOME/.cache/edge-bert/target-cross}"
 cd "$ROOT"
 if [ -n "${TESTS:-}" ]; then
+  # The runtime's crates: the binary crate and the libraries it is built on.
   # The test build also links the binary (the tests spawn it), with the
   # dev-dependencies' features unified in, so it is built only this way.
-  cargo-zigbuild test --target "$TARGET.$GLIBC_FLOOR" -p edge-bert --no-run \
+  cargo-zigbuild test --target "$TARGET.$GLIBC_FLOOR" $TEST_PACKAGES --no-run \
     $([ "$PROFILE" = release ] && echo --release)
 else
   cargo-zigbuild zigbuild --target "$TARGET.$GLIBC_FLOOR" "${CARGO_ARGS[@]}"

@@ -7,8 +7,10 @@
 # Cross-builds with cross/build.sh --tests, then runs, under qemu with the
 # cross glibc as library root (runners in .cargo/config.toml), one test at
 # a time (--test-threads 1):
-#   - the library's unit tests: the wire protocol codec, serial framing,
-#     tokenizer, post-processing (property tests included);
+#   - the unit tests of the runtime's crates (edge-bert-wire: the protocol
+#     codec and serial framing; edge-bert-model: tokenizer, post-processing,
+#     engine; edge-bert-kernels: every kernel path against its reference;
+#     edge-bert: the transports), property tests included;
 #   - from the integration binary: the golden tests of the tiny model
 #     (logits against the recipe's ONNX Runtime run) and of the int8 default
 #     model (against ONNX Runtime on the same file, tests/fixtures), token
@@ -52,7 +54,8 @@ if [ -n "$CPU" ]; then export QEMU_CPU="$CPU"; fi
 export EDGE_BERT_TEST_RUNNER="$QEMU"
 cd "$ROOT"
 # The test executables, from cargo's build messages (no rebuild: build.sh did it).
-mapfile -t EXES < <(cargo-zigbuild test --target "$TARGET.$GLIBC_FLOOR" -p edge-bert --no-run \
+# shellcheck disable=SC2086
+mapfile -t EXES < <(cargo-zigbuild test --target "$TARGET.$GLIBC_FLOOR" $TEST_PACKAGES --no-run \
   --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -62,16 +65,18 @@ for line in sys.stdin:
         if t["kind"] == ["lib"] or t["name"] == "integration":
             print(t["name"], m["executable"])
 ')
-LIB=""; INTEGRATION=""
+LIBS=(); INTEGRATION=""
 for e in "${EXES[@]}"; do
-  case "$e" in "integration "*) INTEGRATION="${e#* }" ;; *) LIB="${e#* }" ;; esac
+  case "$e" in "integration "*) INTEGRATION="${e#* }" ;; *) LIBS+=("${e#* }") ;; esac
 done
-[ -n "$LIB" ] && [ -n "$INTEGRATION" ] || { echo "error: test executables not found" >&2; exit 1; }
+[ ${#LIBS[@]} -ge 4 ] && [ -n "$INTEGRATION" ] || { echo "error: test executables not found" >&2; exit 1; }
 if [ -z "${EDGE_BERT_SKIP_TESTS:-}" ]; then
   echo "== $ARCH tests under qemu (cpu ${CPU:-default})"
   SECONDS=0
-  # shellcheck disable=SC2086
-  $QEMU "$LIB" --test-threads 1
+  for lib in "${LIBS[@]}"; do
+    # shellcheck disable=SC2086
+    $QEMU "$lib" --test-threads 1
+  done
   # shellcheck disable=SC2086
   $QEMU "$INTEGRATION" --test-threads 1 \
     golden::tiny golden::int8 tokenizer:: \

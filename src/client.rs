@@ -1,13 +1,18 @@
-//! The client side of `edge-bert classify --socket/--tcp`: one request line
-//! out, one response line back, in order.
+//! The client side of `edge-bert classify --socket/--tcp/--serial`: one
+//! request line out, one response line back. Thin: the response lines are
+//! decoded by `edge-bert-wire`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
-use crate::Classification;
+use edge_bert_model::{Classification, Error, Result};
+use edge_bert_wire::frame::{self, Frame};
+use edge_bert_wire::response::{decode_answer, ReplyError};
+use edge_bert_wire::{Line, LineReader};
+
+use crate::tty::Port;
 
 trait Stream: std::io::Read + Write + Send {}
 impl<T: std::io::Read + Write + Send> Stream for T {}
@@ -74,57 +79,33 @@ impl Client {
 /// Reads a server response back into a [`Classification`] (logits are not
 /// sent on the wire and come back empty).
 pub fn parse_classification(v: &Value, id: u64) -> Result<Classification> {
-    if let Some(err) = v.get("error") {
-        let code = err["code"].as_str().unwrap_or("unknown").to_string();
-        let message = err["message"].as_str().unwrap_or("").to_string();
-        return Err(if code == "empty_text" {
-            Error::EmptyText
-        } else {
-            Error::Remote { code, message }
-        });
+    match decode_answer(v, id) {
+        Ok(a) => Ok(Classification {
+            label: a.label,
+            score: a.score,
+            scores: a.scores,
+            logits: Vec::new(),
+            tokens: a.tokens,
+            truncated: a.truncated,
+        }),
+        Err(ReplyError::Server { code, .. }) if code == "empty_text" => Err(Error::EmptyText),
+        Err(ReplyError::Server { code, message }) => Err(Error::Remote { code, message }),
+        Err(ReplyError::Malformed(message)) => Err(Error::Remote {
+            code: "bad_response".into(),
+            message,
+        }),
     }
-    let bad = |what: &str| Error::Remote {
-        code: "bad_response".into(),
-        message: format!("{what} in {v}"),
-    };
-    if v["id"] != json!(id) {
-        return Err(bad("unexpected id"));
-    }
-    let scores = v["scores"]
-        .as_object()
-        .ok_or_else(|| bad("no scores"))?
-        .iter()
-        .map(|(k, p)| {
-            Ok((
-                k.clone(),
-                p.as_f64().ok_or_else(|| bad("bad score"))? as f32,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Classification {
-        label: v["label"]
-            .as_str()
-            .ok_or_else(|| bad("no label"))?
-            .to_string(),
-        score: v["score"].as_f64().ok_or_else(|| bad("no score"))? as f32,
-        scores,
-        logits: Vec::new(),
-        tokens: v["tokens"].as_u64().ok_or_else(|| bad("no tokens"))? as usize,
-        truncated: v["truncated"]
-            .as_bool()
-            .ok_or_else(|| bad("no truncated"))?,
-    })
 }
 
 /// How often the serial client sends a request before giving up.
 const SERIAL_ATTEMPTS: usize = 4;
 
 /// The host side of `edge-bert classify --serial`: every frame it sends is
-/// checked (`*XXXXXXXX`, see [`crate::framing`]), every reply's check is
+/// checked (`*XXXXXXXX`, see `edge_bert_wire::frame`), every reply's check is
 /// verified, and a frame that was damaged either way is sent again.
 pub struct SerialClient {
-    reader: crate::protocol::LineReader<crate::serial::Port>,
-    write: crate::serial::Port,
+    reader: LineReader<Port>,
+    write: Port,
     next_id: u64,
     timeout: std::time::Duration,
     path: std::path::PathBuf,
@@ -134,10 +115,10 @@ impl SerialClient {
     /// Opens the port and says hello (`{"op":"health"}`), which also puts
     /// the server's end of the link into checked mode.
     pub fn open(path: &Path, baud: u32, timeout: std::time::Duration) -> Result<SerialClient> {
-        let port = crate::serial::Port::open(path, baud)?;
+        let port = Port::open(path, baud)?;
         let write = port.try_clone().map_err(|e| Error::io(path, e))?;
         let mut c = SerialClient {
-            reader: crate::protocol::LineReader::new(port, 1 << 20),
+            reader: LineReader::new(port, 1 << 20),
             write,
             next_id: 0,
             timeout,
@@ -160,7 +141,7 @@ impl SerialClient {
         let id = json!(self.next_id);
         req["id"] = id.clone();
         let mut frame = req.to_string().into_bytes();
-        crate::framing::seal(&mut frame);
+        frame::seal(&mut frame);
         frame.push(b'\n');
         let mut last = "no reply".to_string();
         for attempt in 0..SERIAL_ATTEMPTS {
@@ -190,8 +171,6 @@ impl SerialClient {
 
     /// Waits for the reply carrying `id`. `Ok(Err(why))` means: send again.
     fn await_reply(&mut self, id: &Value) -> Result<std::result::Result<Value, String>> {
-        use crate::framing::Frame;
-        use crate::protocol::Line;
         let deadline = std::time::Instant::now() + self.timeout;
         loop {
             let line = match self.reader.next_line() {
@@ -209,7 +188,7 @@ impl SerialClient {
                     return Err(Error::io(&self.path, std::io::ErrorKind::BrokenPipe.into()))
                 }
                 Line::TooLong => continue,
-                Line::Full(bytes) => match crate::framing::parse(bytes) {
+                Line::Full(bytes) => match frame::parse(bytes) {
                     Frame::Blank => continue,
                     Frame::Checked(body) => body,
                     // A damaged reply: ours or not, ask again.

@@ -1,13 +1,13 @@
 //! Arbitrary bytes through everything that reads the wire: the bounded
 //! line reader (in chunks the input chooses), the serial frame check, the
-//! request decoder and the string unescaper. Nothing may panic, and the
+//! request decoder (which unescapes every text once). Nothing may panic, and the
 //! reader's memory is fixed whatever arrives.
 #![no_main]
 
 use std::io::Read;
 
-use edge_bert::framing;
-use edge_bert::protocol::{decode, unescape, Line, LineReader, Req};
+use edge_bert_wire::frame as framing;
+use edge_bert_wire::{decode, Line, LineReader, Req, Texts};
 use libfuzzer_sys::fuzz_target;
 
 /// Hands out the input in chunks of a size taken from its first byte, with
@@ -45,8 +45,7 @@ fuzz_target!(|data: &[u8]| {
         },
         MAX,
     );
-    let mut scratch = String::with_capacity(MAX);
-    let mut text = String::with_capacity(MAX);
+    let mut texts = Texts::with_capacity(MAX);
     loop {
         let line = match reader.next_line() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -60,15 +59,17 @@ fuzz_target!(|data: &[u8]| {
             framing::Frame::Checked(b) | framing::Frame::Plain(b) => b,
             _ => continue,
         };
-        match decode(body, &mut scratch) {
-            Ok(Req::Classify { text: t, .. }) => {
-                // decode checked it: unescaping again must succeed.
-                unescape(t, &mut text).expect("decode accepted it");
-                assert!(!text.trim().is_empty());
+        match decode(body, &mut texts) {
+            Ok(Req::Classify { .. }) => {
+                // One text, unescaped, not blank, and never longer than the line.
+                assert_eq!(texts.len(), 1);
+                assert!(!texts.get(0).trim().is_empty());
+                assert!(texts.get(0).len() <= body.len());
             }
-            Ok(Req::ClassifyMany { texts, .. }) => {
-                for t in &texts {
-                    unescape(t, &mut text).expect("decode accepted it");
+            Ok(Req::ClassifyMany { .. }) => {
+                assert!(!texts.is_empty());
+                for t in texts.iter() {
+                    assert!(!t.trim().is_empty());
                 }
             }
             Ok(Req::Op { .. }) | Err(_) => {}

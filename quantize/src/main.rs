@@ -14,11 +14,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use edge_bert::bundle::{Bundle, Source};
-use edge_bert::eval::{read_tsv, Example};
-use edge_bert::manifest::{sha256_hex, FileEntry, Manifest};
-use edge_bert::tokenize::TextTokenizer;
-use edge_bert::Classifier;
+use edge_bert_model::bundle::write::{manifest_for, write_dir};
+use edge_bert_model::bundle::{Bundle, Source};
+use edge_bert_model::eval::{read_tsv, Example};
+use edge_bert_model::manifest::{sha256_hex, Manifest};
+use edge_bert_model::tokenize::TextTokenizer;
+use edge_bert_model::Classifier;
 use serde_json::json;
 
 use edge_bert_quantize::graph::{self, ActRange, RewriteOptions};
@@ -416,30 +417,11 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         });
         let record_bytes =
             format!("{}\n", serde_json::to_string_pretty(&record).expect("json")).into_bytes();
-        let mut files = vec![
-            FileEntry {
-                path: "model.onnx".into(),
-                sha256: sha256_hex(bytes),
-                bytes: bytes.len() as u64,
-            },
-            FileEntry {
-                path: "quantization.json".into(),
-                sha256: sha256_hex(&record_bytes),
-                bytes: record_bytes.len() as u64,
-            },
-            FileEntry {
-                path: "tokenizer.json".into(),
-                sha256: sha256_hex(&input.tokenizer_bytes),
-                bytes: input.tokenizer_bytes.len() as u64,
-            },
-        ];
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        let manifest = Manifest {
+        let base = Manifest {
             name: name.clone(),
             precision: "int8".into(),
             model: "model.onnx".into(),
             tokenizer: "tokenizer.json".into(),
-            files,
             provenance: json!({
                 "derived_from": input.manifest.name,
                 "quantization": "see quantization.json",
@@ -447,6 +429,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }),
             ..input.manifest.clone()
         };
+        let manifest = manifest_for(
+            &base,
+            &[
+                ("model.onnx", bytes),
+                ("quantization.json", &record_bytes),
+                ("tokenizer.json", &input.tokenizer_bytes),
+            ],
+        );
         let bundle = Bundle {
             manifest,
             source: Source::Dir(cli.output.clone()),
@@ -547,34 +537,17 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         });
     }
 
-    // Write to a temporary sibling directory, then rename into place.
-    let tmp = parent_canon.join(format!(
-        ".{}.tmp-{}",
-        out_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir(&tmp)?;
-        std::fs::write(tmp.join("model.onnx"), &int8_bytes)?;
-        std::fs::write(tmp.join("tokenizer.json"), &*input.tokenizer_bytes)?;
-        std::fs::write(tmp.join("quantization.json"), &record_bytes)?;
-        let m = format!(
-            "{}\n",
-            serde_json::to_string_pretty(&out_bundle.manifest).expect("json")
-        );
-        std::fs::write(tmp.join("manifest.json"), m)?;
-        if out_canon.exists() {
-            std::fs::remove_dir_all(&out_canon)?;
-        }
-        std::fs::rename(&tmp, &out_canon)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(Failure(5, format!("writing {}: {e}", cli.output.display())));
-    }
+    // Written to a temporary sibling directory, then renamed into place.
+    write_dir(
+        &out_canon,
+        &out_bundle.manifest,
+        &[
+            ("model.onnx", &int8_bytes),
+            ("quantization.json", &record_bytes),
+            ("tokenizer.json", &input.tokenizer_bytes),
+        ],
+    )
+    .map_err(|e| Failure(5, format!("writing {}: {e}", cli.output.display())))?;
     // Check what was written loads like any other bundle.
     Bundle::load_dir(&out_canon).map_err(fail(1))?;
 

@@ -1,13 +1,13 @@
 //! Running an ONNX model on texts while reading intermediate tensors by
 //! name: activation ranges for static calibration, and per-layer error.
 
-use edge_bert::tokenize::TextTokenizer;
+use edge_bert_model::tokenize::TextTokenizer;
 use tract_onnx::prelude::*;
 
 /// A model with extra outputs, runnable on any sequence length.
 pub struct Probe {
     plan: Arc<TypedRunnableModel>,
-    roles: Vec<edge_bert::manifest::InputRole>,
+    roles: Vec<edge_bert_model::manifest::InputRole>,
 }
 
 impl Probe {
@@ -18,7 +18,7 @@ impl Probe {
         let mut roles = Vec::new();
         for ix in 0..model.input_outlets()?.len() {
             let name = model.node(model.input_outlets()?[ix].node).name.clone();
-            let role = edge_bert::manifest::InputRole::from_name(&name).ok_or_else(|| {
+            let role = edge_bert_model::manifest::InputRole::from_name(&name).ok_or_else(|| {
                 tract_onnx::tract_core::internal::format_err!("unknown model input {name:?}")
             })?;
             roles.push(role);
@@ -46,9 +46,11 @@ impl Probe {
         let mut inputs = TVec::new();
         for role in &self.roles {
             let v: Vec<i64> = match role {
-                edge_bert::manifest::InputRole::Ids => ids.iter().map(|&i| i as i64).collect(),
-                edge_bert::manifest::InputRole::Mask => vec![1; n],
-                edge_bert::manifest::InputRole::TypeIds => vec![0; n],
+                edge_bert_model::manifest::InputRole::Ids => {
+                    ids.iter().map(|&i| i as i64).collect()
+                }
+                edge_bert_model::manifest::InputRole::Mask => vec![1; n],
+                edge_bert_model::manifest::InputRole::TypeIds => vec![0; n],
             };
             inputs.push(Tensor::from_shape(&[1, n], &v)?.into_tvalue());
         }
@@ -64,7 +66,7 @@ impl Probe {
 }
 
 /// Tokenises with truncation at the bundle's length.
-pub fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, edge_bert::Error> {
+pub fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, edge_bert_model::Error> {
     Ok(tok.encode(text)?.ids)
 }
 

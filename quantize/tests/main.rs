@@ -84,7 +84,7 @@ fn tiny_end_to_end_dynamic() {
     assert_eq!(r["layer_sqnr_db"].as_array().unwrap().len(), 14);
     assert!(r["eval"]["agreement"].as_f64().unwrap() > 80.0, "{r}");
     // The runtime loads it like any bundle, and it is an int8 graph.
-    let mut clf = edge_bert::Classifier::from_dir(&out).unwrap();
+    let mut clf = edge_bert_model::Classifier::from_dir(&out).unwrap();
     assert_eq!(clf.manifest().precision, "int8");
     let int8 = clf
         .engine()
@@ -266,7 +266,7 @@ fn not_onnx_is_refused() {
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
     for f in m["files"].as_array_mut().unwrap() {
         if f["path"] == "model.onnx" {
-            f["sha256"] = edge_bert::manifest::sha256_hex(&garbage).into();
+            f["sha256"] = edge_bert_model::manifest::sha256_hex(&garbage).into();
             f["bytes"] = garbage.len().into();
         }
     }

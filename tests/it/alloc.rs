@@ -2,7 +2,7 @@
 //!
 //! The test binary's global allocator counts every allocation made on a
 //! thread the server marks as a loop thread (client, serial and inference
-//! threads; see `edge_bert::alloc_probe`), split into those made inside
+//! threads; see `edge_bert_model::alloc_probe`), split into those made inside
 //! tract's plan run and all the others. A real server (`server::serve`, in
 //! this process, on a real Unix socket, with the default int8 model) is
 //! warmed up, then answers requests of mixed lengths. The loop's own count
@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_bert::alloc_probe::{in_tract_run, on_loop_thread};
-use edge_bert::{server, Bundle, Classifier};
+use edge_bert::serve as server;
+use edge_bert_model::alloc_probe::{in_tract_run, on_loop_thread};
+use edge_bert_model::Classifier;
 
 pub struct Counting;
 
@@ -85,7 +86,9 @@ fn snapshot() -> (u64, u64, u64, u64) {
 
 #[test]
 fn serving_loop_allocates_nothing_per_request() {
-    let bundle = Bundle::embedded().expect("embedded model").unwrap();
+    let bundle = edge_bert_model::embedded::bundle()
+        .expect("embedded model")
+        .unwrap();
     let labels = bundle.manifest.labels.clone();
     let mut clf = Classifier::new(&bundle, None).unwrap();
     server::warm_up(&mut clf).unwrap();

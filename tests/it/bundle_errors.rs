@@ -1,6 +1,6 @@
 //! A damaged bundle is refused with an error naming the file, never a panic.
 
-use edge_bert::{Bundle, Error};
+use edge_bert_model::{Bundle, Error};
 
 use crate::util::*;
 
@@ -75,12 +75,12 @@ fn not_a_model_is_a_model_error() {
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
     for f in m["files"].as_array_mut().unwrap() {
         if f["path"] == "model.onnx" {
-            f["sha256"] = edge_bert::manifest::sha256_hex(&garbage).into();
+            f["sha256"] = edge_bert_model::manifest::sha256_hex(&garbage).into();
             f["bytes"] = garbage.len().into();
         }
     }
     std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
-    let err = edge_bert::Classifier::from_dir(tmp.path()).unwrap_err();
+    let err = edge_bert_model::Classifier::from_dir(tmp.path()).unwrap_err();
     assert!(matches!(err, Error::Model(_)), "{err}");
 }
 
@@ -97,12 +97,12 @@ fn load_dir_hashes_while_decoding_and_still_refuses_a_bad_model() {
         b[ix] ^= 0x55;
         std::fs::write(&path, &b).unwrap();
         for lazy in [false, true] {
-            let err = edge_bert::Classifier::load_dir(tmp.path(), None, lazy).unwrap_err();
+            let err = edge_bert_model::Classifier::load_dir(tmp.path(), None, lazy).unwrap_err();
             assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
             assert!(err.to_string().contains("model.onnx"), "{err}");
         }
     }
     // An intact bundle loads the same way.
-    let mut clf = edge_bert::Classifier::load_dir(tiny_dir(), None, false).unwrap();
+    let mut clf = edge_bert_model::Classifier::load_dir(tiny_dir(), None, false).unwrap();
     assert!(clf.classify("a fine film").is_ok());
 }

@@ -172,12 +172,12 @@ fn fp32_reference_covers_edge_cases() {
 fn every_bucket_gives_the_same_logits() {
     // A short text padded to each bucket must give the same answer: padding
     // is masked out.
-    let bundle = edge_bert::Bundle::load_dir(tiny_dir()).unwrap();
+    let bundle = edge_bert_model::Bundle::load_dir(tiny_dir()).unwrap();
     let mut per_bucket = Vec::new();
     for b in bundle.manifest.effective_buckets() {
         let max = bundle.manifest.max_seq_len;
         let buckets = if b == max { vec![b] } else { vec![b, max] };
-        let mut clf = edge_bert::Classifier::new(&bundle, Some(&buckets)).unwrap();
+        let mut clf = edge_bert_model::Classifier::new(&bundle, Some(&buckets)).unwrap();
         assert_eq!(clf.engine().buckets()[0], b);
         per_bucket.push(clf.logits("a short one").unwrap().0);
     }
@@ -192,9 +192,9 @@ fn every_bucket_gives_the_same_logits() {
 fn lazy_engine_builds_on_first_use_and_matches_eager() {
     // A lazy classifier (what a one-shot `classify` uses) builds a bucket's
     // plan only when a text needs it, and answers exactly as the eager one.
-    let bundle = edge_bert::Bundle::load_dir(tiny_dir()).unwrap();
-    let mut eager = edge_bert::Classifier::new(&bundle, None).unwrap();
-    let mut lazy = edge_bert::Classifier::new_lazy(&bundle, None).unwrap();
+    let bundle = edge_bert_model::Bundle::load_dir(tiny_dir()).unwrap();
+    let mut eager = edge_bert_model::Classifier::new(&bundle, None).unwrap();
+    let mut lazy = edge_bert_model::Classifier::new_lazy(&bundle, None).unwrap();
     let n = eager.engine().buckets().len();
     assert!(n >= 2);
     assert_eq!(eager.engine().built_buckets(), n);
@@ -223,8 +223,8 @@ fn lazy_engine_builds_on_first_use_and_matches_eager() {
 /// bucket; all 80 take minutes under qemu).
 #[test]
 fn int8_fused_matmul_gives_tracts_logits_bit_for_bit() {
-    use edge_bert::engine::{Engine, ModelFormat};
-    use edge_bert::qmatmul::{with_choice, Path};
+    use edge_bert_kernels::qmatmul::{with_choice, Path};
+    use edge_bert_model::engine::{Engine, ModelFormat};
     let bytes = std::fs::read(int8_dir().join("model.onnx")).unwrap();
     let load = |choice: Option<Path>| {
         with_choice(choice, || {
@@ -259,8 +259,8 @@ fn int8_fused_matmul_gives_tracts_logits_bit_for_bit() {
 /// with tract's int8 matmuls and with the fused one.
 #[test]
 fn int8_logits_do_not_depend_on_the_bucket() {
-    use edge_bert::engine::{Engine, ModelFormat};
-    use edge_bert::qmatmul::{with_choice, Path};
+    use edge_bert_kernels::qmatmul::{with_choice, Path};
+    use edge_bert_model::engine::{Engine, ModelFormat};
     let bytes = std::fs::read(int8_dir().join("model.onnx")).unwrap();
     // Few texts and two buckets: this also runs under qemu, where the
     // portable fused path (armv7) is slow.

@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use edge_bert::framing;
+use edge_bert_wire::frame as framing;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
@@ -455,7 +455,7 @@ fn soak_2000_frames_with_5_percent_damaged() {
     let (texts, expected): (Vec<String>, Vec<_>) = {
         let mut clf = classifier(tiny_dir()).lock().unwrap();
         let labels = clf.manifest().labels.clone();
-        edge_bert::eval::read_tsv(&tiny_dir().join("test.tsv"), &labels)
+        edge_bert_model::eval::read_tsv(&tiny_dir().join("test.tsv"), &labels)
             .unwrap()
             .into_iter()
             .map(|e| {

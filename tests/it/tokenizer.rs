@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use edge_bert::tokenize::TextTokenizer;
+use edge_bert_model::tokenize::TextTokenizer;
 use proptest::prelude::*;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use edge_bert::Classifier;
+use edge_bert_model::Classifier;
 use serde::Deserialize;
 
 pub fn root() -> PathBuf {

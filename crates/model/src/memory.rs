@@ -169,6 +169,51 @@ pub fn release_free_heap() {
     }
 }
 
+/// Drops the pages of `bytes`, a `static` of this executable's read-only
+/// image (the embedded model), from this process's resident set. Nothing is
+/// lost: a later read faults the same bytes back in from the file. Whole
+/// pages inside `bytes` only; harmless if they were never touched. Does
+/// nothing unless `/proc/self/maps` shows `bytes` inside one read-only file
+/// mapping (a leaked heap buffer would lose its contents).
+pub fn release_static_pages(bytes: &'static [u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return;
+        };
+        let (lo, hi) = (
+            bytes.as_ptr() as usize,
+            bytes.as_ptr() as usize + bytes.len(),
+        );
+        let file_backed = maps.lines().filter_map(mapping_header).any(|m| {
+            m.start <= lo && hi <= m.end && !m.perms.contains('w') && m.path.starts_with('/')
+        });
+        if !file_backed {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let Ok(page) = usize::try_from(page) else {
+            return;
+        };
+        if page == 0 {
+            return;
+        }
+        let start = (bytes.as_ptr() as usize).div_ceil(page) * page;
+        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside `bytes`, a `static` and so a
+            // read-only mapping of the executable file: dropping its pages
+            // cannot lose data, they are reloaded from the file.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

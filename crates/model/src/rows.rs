@@ -493,7 +493,7 @@ mod tests {
 
     #[test]
     fn every_raw_initializer_of_the_tiny_model_is_found() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny/model.onnx");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny/model.onnx");
         let bytes = std::fs::read(path).unwrap();
         let proto = ModelProto::decode(bytes.as_slice()).unwrap();
         let ranges = initializer_ranges(&bytes).unwrap();

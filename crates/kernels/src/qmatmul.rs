@@ -77,7 +77,6 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use crate::manifest::InputRole;
 use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{
@@ -129,16 +128,15 @@ impl Path {
             Path::Amx => Path::Vnni.available() && amx::available(),
             #[cfg(target_arch = "x86_64")]
             Path::Vnni => {
-                std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-                    && std::is_x86_feature_detected!("avx512vnni")
+                let f = crate::cpu::features();
+                f.avx512f && f.avx512bw && f.avx512vnni
             }
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => std::is_x86_feature_detected!("avx2"),
+            Path::Avx2 => crate::cpu::features().avx2,
             #[cfg(target_arch = "aarch64")]
-            Path::Sdot => std::arch::is_aarch64_feature_detected!("dotprod"),
+            Path::Sdot => crate::cpu::features().dotprod,
             #[cfg(target_arch = "aarch64")]
-            Path::Neon => true,
+            Path::Neon => crate::cpu::features().neon,
             Path::Portable => true,
             #[allow(unreachable_patterns)]
             _ => false,
@@ -188,25 +186,31 @@ pub fn chosen() -> Option<Path> {
         return choice;
     }
     static CHOSEN: OnceLock<Option<Path>> = OnceLock::new();
-    *CHOSEN.get_or_init(|| choose(std::env::var("EDGE_BERT_QMATMUL").ok().as_deref()))
+    *CHOSEN.get_or_init(|| rule(crate::cpu::setting(crate::cpu::Family::QMatMul)))
 }
 
-/// [`chosen`]'s rule, given the environment variable's value.
+/// [`chosen`]'s rule, given the switch's value (`EDGE_BERT_QMATMUL`, see
+/// [`crate::cpu`]): `auto` fuses only where it was measured to win (AMX,
+/// VNNI).
 pub fn choose(setting: Option<&str>) -> Option<Path> {
+    rule(crate::cpu::Setting::parse(setting))
+}
+
+fn rule(setting: crate::cpu::Setting<'_>) -> Option<Path> {
     let auto = || [Path::Amx, Path::Vnni].into_iter().find(|p| p.available());
-    match setting.map(str::trim) {
-        None | Some("") | Some("auto") => auto(),
-        Some("off") => None,
-        Some(name) => match Path::ALL.into_iter().find(|p| p.name() == name) {
-            Some(p) if p.available() => Some(p),
-            _ => {
-                log::warn!(
-                    "EDGE_BERT_QMATMUL={name:?}: not a path this CPU has \
-                     (off, auto, amx, vnni, avx2, sdot, neon, portable); using auto"
-                );
-                auto()
-            }
-        },
+    crate::cpu::choose(setting, auto)
+}
+
+impl crate::cpu::KernelPath for Path {
+    const FAMILY: crate::cpu::Family = crate::cpu::Family::QMatMul;
+    const ALL: &'static [Path] = &Path::ALL;
+
+    fn name(self) -> &'static str {
+        Path::name(self)
+    }
+
+    fn available(self) -> bool {
+        Path::available(self)
     }
 }
 
@@ -531,13 +535,7 @@ mod amx {
     /// process use the tile registers (Linux: `arch_prctl`, asked once).
     pub fn available() -> bool {
         static OK: OnceLock<bool> = OnceLock::new();
-        *OK.get_or_init(|| {
-            // CPUID.(EAX=7, ECX=0):EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
-            #[allow(unused_unsafe)]
-            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU with AVX2+.
-            let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
-            leaf.edx & (1 << 24) != 0 && leaf.edx & (1 << 25) != 0 && permission()
-        })
+        *OK.get_or_init(|| crate::cpu::features().amx && permission())
     }
 
     #[cfg(target_os = "linux")]
@@ -968,31 +966,20 @@ impl PartialEq for QMatMul {
 
 impl Eq for QMatMul {}
 
-impl Op for QMatMul {
-    fn name(&self) -> StaticName {
-        OP_TYPE.into()
-    }
+impl crate::op::Kernel for QMatMul {
+    const NAME: &'static str = OP_TYPE;
+    const VALIDATION: Validation = Validation::Accurate;
 
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
+    fn describe(&self) -> Vec<String> {
+        vec![format!(
             "{} x {} int8, {} path",
             self.packed.k,
             self.packed.n,
             self.path.name()
-        )])
+        )]
     }
 
-    fn validation(&self) -> Validation {
-        Validation::Accurate
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for QMatMul {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = &inputs[0];
         let p = &*self.packed;
         let shape = input.shape();
@@ -1038,6 +1025,8 @@ impl EvalOp for QMatMul {
         Ok(tvec!(y.into_tvalue()))
     }
 }
+
+crate::op::op_shell!(QMatMul);
 
 impl TypedOp for QMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -1225,7 +1214,7 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
     let mask = graph
         .input
         .iter()
-        .find(|i| matches!(InputRole::from_name(&i.name), Some(InputRole::Mask)))
+        .find(|i| i.name == crate::MASK_INPUT)
         .map(|i| i.name.clone());
     const FLOAT: i32 = 1;
     const INT8: i32 = 3;

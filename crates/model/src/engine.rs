@@ -10,6 +10,8 @@ use prost::Message;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
 
+use edge_bert_kernels as kernels;
+
 use crate::error::{Error, Result};
 use crate::manifest::{check_buckets, InputRole};
 use crate::rows::{FileRows, ModelFile};
@@ -49,10 +51,10 @@ pub struct ModelStats {
     pub parameters: usize,
     /// Every matrix product with its input element types.
     pub matmuls: Vec<MatmulInfo>,
-    /// `DynamicQuantizeLinear` nodes run by [`crate::dynquant`]'s kernels,
+    /// `DynamicQuantizeLinear` nodes run by [`kernels::dynquant`]'s kernels,
     /// on their own or inside a fused matmul.
     pub dynamic_quantize_ops: usize,
-    /// Quantised linear layers run by [`crate::qmatmul`]'s fused op.
+    /// Quantised linear layers run by [`kernels::qmatmul`]'s fused op.
     pub fused_matmuls: usize,
     /// Bytes of the weights packed for those layers (one copy, shared by
     /// every plan).
@@ -215,25 +217,11 @@ impl Engine {
         if let (Some(file), Some(ranges), Some(graph)) = (file, ranges, proto.graph.as_mut()) {
             word_rows = split_word_table(graph, &ranges, file);
         }
-        let fused = match (crate::qmatmul::chosen(), proto.graph.as_mut()) {
-            (Some(_), Some(graph)) => crate::qmatmul::fuse(graph),
-            _ => 0,
-        };
-        // Not on 32-bit ARM: LLVM keeps f32 loops on scalar VFP there (NEON
-        // flushes denormals), so the op's loops do not vectorise, while
-        // tract has NEON kernels for the matmuls (the qemu armv7 golden
-        // tests went from 626 s to 1,623 s with it).
-        let attention = if cfg!(target_arch = "arm") {
-            0
-        } else {
-            proto.graph.as_mut().map_or(0, crate::attention::fuse)
-        };
-        log::debug!("engine: {attention} attention blocks run by edge-bert's kernel");
-        let mut onnx = tract_onnx::onnx();
-        onnx.op_register
-            .insert(crate::qmatmul::OP_TYPE, crate::qmatmul::onnx_builder);
-        onnx.op_register
-            .insert(crate::attention::OP_TYPE, crate::attention::onnx_builder);
+        let (onnx, mut installed) = edge_bert_kernels::install(&mut proto);
+        log::debug!(
+            "engine: {} attention blocks run by edge-bert's kernel",
+            installed.attentions
+        );
         let mut model = onnx.model_for_proto_model(&proto).map_err(Error::model)?;
         drop(proto);
 
@@ -286,26 +274,32 @@ impl Engine {
                 .copied(),
             None => None,
         };
-        let swapped = crate::dynquant::swap_in(&mut typed, mask).map_err(Error::model)?;
-        if swapped > 0 {
+        installed.swap(&mut typed, mask).map_err(Error::model)?;
+        if installed.dynquants > 0 {
             log::info!(
-                "engine: {swapped} DynamicQuantizeLinear ops run by edge-bert's kernel ({:?} path)",
-                crate::dynquant::path()
+                "engine: {} DynamicQuantizeLinear ops run by edge-bert's kernel ({:?} path)",
+                installed.dynquants,
+                kernels::dynquant::path()
             );
         }
-        let softmaxes = crate::softmax::swap_in(&mut typed).map_err(Error::model)?;
-        log::debug!("engine: {softmaxes} softmax ops run by edge-bert's kernel");
-        let gelus = crate::gelu::swap_in(&mut typed).map_err(Error::model)?;
-        log::debug!("engine: {gelus} GELU ops run by edge-bert's kernel");
-        if fused > 0 {
+        log::debug!(
+            "engine: {} softmax ops run by edge-bert's kernel",
+            installed.softmaxes
+        );
+        log::debug!(
+            "engine: {} GELU ops run by edge-bert's kernel",
+            installed.gelus
+        );
+        if installed.qmatmuls > 0 {
             log::info!(
-                "engine: {fused} quantised linear layers run by edge-bert's fused int8 matmul ({} path)",
-                crate::qmatmul::chosen().map_or("?", |p| p.name())
+                "engine: {} quantised linear layers run by edge-bert's fused int8 matmul ({} path)",
+                installed.qmatmuls,
+                kernels::qmatmul::chosen().map_or("?", |p| p.name())
             );
         }
         let mut stats = describe(&typed);
         // The fused op quantises its input with the same kernel.
-        stats.dynamic_quantize_ops = swapped + stats.fused_matmuls;
+        stats.dynamic_quantize_ops = installed.dynquants + stats.fused_matmuls;
         if let Some(w) = &word_rows {
             stats.parameters += w.rows.rows() * w.width;
             stats.table_in_file_bytes = w.rows.rows() * w.rows.row_bytes();
@@ -634,7 +628,7 @@ fn describe(model: &TypedModel) -> ModelStats {
             }
             continue;
         }
-        if let Some(q) = node.op_as::<crate::qmatmul::QMatMul>() {
+        if let Some(q) = node.op_as::<kernels::qmatmul::QMatMul>() {
             let (k, n) = (q.packed.k(), q.packed.n());
             stats.parameters += k * n + 2 * n;
             stats.fused_matmuls += 1;
@@ -686,7 +680,7 @@ mod tests {
     /// alone (nothing shared) compute.
     #[test]
     fn shared_weights_give_the_same_logits_as_plans_built_alone() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny/model.onnx");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny/model.onnx");
         let bytes = std::fs::read(path).unwrap();
         let mut shared = Engine::load(&bytes, ModelFormat::Onnx, &[8, 16, 32], 2).unwrap();
         assert!(
@@ -714,7 +708,7 @@ mod tests {
     /// lazy; a file whose bytes differ leaves the lookup in the graph.
     #[test]
     fn rows_from_the_file_give_the_same_logits_as_the_graphs_lookup() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny/model.onnx");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny/model.onnx");
         let bytes = std::fs::read(path).unwrap();
         let file = std::sync::Arc::new(std::fs::File::open(path).unwrap());
         let at = |offset| ModelFile::new(file.clone(), path, offset);

@@ -455,7 +455,7 @@ mod tests {
     fn tiny_json() -> Vec<u8> {
         std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/models/tiny/tokenizer.json"
+            "/../../models/tiny/tokenizer.json"
         ))
         .unwrap()
     }

@@ -96,9 +96,10 @@ impl Classifier {
     ) -> Result<Classifier> {
         let bytes = std::mem::take(&mut bundle.model_bytes);
         let decoded = decode_model(&bundle, &bytes)?;
-        drop(bytes);
-        if bundle.source == crate::bundle::Source::Embedded {
-            crate::embedded::release_model_pages();
+        match bytes {
+            // Bytes of this executable's image: drop their pages.
+            std::borrow::Cow::Borrowed(image) => crate::memory::release_static_pages(image),
+            std::borrow::Cow::Owned(heap) => drop(heap),
         }
         Classifier::new_with(&bundle, decoded, buckets, lazy)
     }

@@ -111,11 +111,6 @@ impl Bundle {
             model_file: None,
         })
     }
-
-    /// The default model compiled into this binary, if any.
-    pub fn embedded() -> Option<Result<Bundle>> {
-        crate::embedded::bundle()
-    }
 }
 
 /// The model file's hash check that [`Bundle::load_dir_deferred`] left to do.
@@ -210,4 +205,78 @@ pub fn verify(dir: &Path, manifest: &Manifest, name: &str, bytes: &[u8]) -> Resu
         });
     }
     Ok(())
+}
+
+/// Writing bundles (host tools only: the `write` feature).
+#[cfg(feature = "write")]
+pub mod write {
+    use std::path::Path;
+
+    use crate::error::{Error, Result};
+    use crate::manifest::{sha256_hex, FileEntry, Manifest};
+
+    /// `base` with its `files` list made from `files` (path, bytes): every
+    /// file's size and SHA-256, sorted by path.
+    pub fn manifest_for(base: &Manifest, files: &[(&str, &[u8])]) -> Manifest {
+        let mut entries: Vec<FileEntry> = files
+            .iter()
+            .map(|(path, bytes)| FileEntry {
+                path: (*path).to_string(),
+                sha256: sha256_hex(bytes),
+                bytes: bytes.len() as u64,
+            })
+            .collect();
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Manifest {
+            files: entries,
+            ..base.clone()
+        }
+    }
+
+    /// Writes a bundle directory `dir`: `files` and a `manifest.json` made
+    /// from `base` by [`manifest_for`]. It is written into a temporary
+    /// sibling directory first and renamed into place, so `dir` is either
+    /// the old bundle or the whole new one (an existing `dir` is replaced).
+    /// Returns the manifest written.
+    pub fn write_dir(dir: &Path, base: &Manifest, files: &[(&str, &[u8])]) -> Result<Manifest> {
+        let manifest = manifest_for(base, files);
+        manifest.validate().map_err(|reason| Error::Manifest {
+            path: dir.join("manifest.json"),
+            reason,
+        })?;
+        let name = dir
+            .file_name()
+            .ok_or_else(|| Error::InvalidArgument(format!("{} has no file name", dir.display())))?;
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let tmp = parent.join(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let write = || -> std::io::Result<()> {
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp)?;
+            }
+            std::fs::create_dir(&tmp)?;
+            for (path, bytes) in files {
+                std::fs::write(tmp.join(path), bytes)?;
+            }
+            let json = serde_json::to_string_pretty(&manifest).map_err(std::io::Error::other)?;
+            std::fs::write(tmp.join("manifest.json"), format!("{json}\n"))?;
+            if dir.exists() {
+                std::fs::remove_dir_all(dir)?;
+            }
+            std::fs::rename(&tmp, dir)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Error::io(dir, e)
+        })?;
+        Ok(manifest)
+    }
 }

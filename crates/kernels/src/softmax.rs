@@ -26,8 +26,8 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{
-    as_op, bail, ensure, op_as_typed_op, op_out_of_plan, AxesMapping, AxisChangeConsequence,
-    AxisOp, EvalContext, EvalOp, InOut, Op, StaticName, TypedOp, Validation,
+    as_op, ensure, op_as_typed_op, op_out_of_plan, AxesMapping, AxisChangeConsequence, AxisOp,
+    EvalContext, EvalOp, InOut, Op, StaticName, TypedOp, Validation,
 };
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
@@ -117,68 +117,76 @@ unsafe fn rows_avx2(data: &mut [f32], len: usize) {
     }
 }
 
+/// The builds of this kernel, fastest first (see [`crate::cpu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl crate::cpu::KernelPath for Path {
+    const FAMILY: crate::cpu::Family = crate::cpu::Family::Softmax;
+    const ALL: &'static [Path] = &[
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2,
+        Path::Portable,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => "avx2",
+            Path::Portable => "portable",
+        }
+    }
+
+    fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => crate::cpu::features().avx2,
+            Path::Portable => true,
+        }
+    }
+}
+
+/// The path this kernel runs on (decided once per process).
+pub fn path() -> Path {
+    static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+    *PATH.get_or_init(crate::cpu::kernel_path::<Path>)
+}
+
 /// Softmax of each row of `len` values of `data`, in place, on the fastest
 /// build this CPU has (every build gives the same bits).
 pub fn rows(data: &mut [f32], len: usize) {
     if len == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        unsafe { rows_avx2(data, len) };
-        return;
+    match path() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is available, so the CPU has AVX2.
+        Path::Avx2 => unsafe { rows_avx2(data, len) },
+        Path::Portable => rows_portable(data, len),
     }
-    rows_portable(data, len);
 }
 
 /// tract op: softmax over the last axis of an f32 tensor.
 #[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
 pub struct FastSoftmax;
 
-impl Op for FastSoftmax {
-    fn name(&self) -> StaticName {
-        "EdgeBertSoftmax".into()
-    }
+impl crate::op::Kernel for FastSoftmax {
+    const NAME: &'static str = "EdgeBertSoftmax";
+    const VALIDATION: Validation = Validation::Rounding;
 
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for FastSoftmax {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        eval_f32_in_place("EdgeBertSoftmax", inputs, |xs, shape| {
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        crate::op::eval_f32_in_place("EdgeBertSoftmax", inputs, |xs, shape| {
             rows(xs, shape.last().copied().unwrap_or(0));
             Ok(())
         })
     }
 }
 
-/// The eval of an op that rewrites its single f32 input in place (this
-/// softmax, `gelu`'s op): `f` gets the values and the shape, and the
-/// tensor is the output (tract's buffer when the op holds the only
-/// reference to it, a copy otherwise).
-pub(crate) fn eval_f32_in_place(
-    op: &str,
-    inputs: TVec<TValue>,
-    f: impl FnOnce(&mut [f32], &[usize]) -> TractResult<()>,
-) -> TractResult<TVec<TValue>> {
-    let Some(input) = inputs.into_iter().next() else {
-        bail!("{op}: no input");
-    };
-    let mut t = input.into_tensor();
-    let shape: TVec<usize> = t.shape().into();
-    {
-        let mut view = t.try_as_plain_ram_mut()?;
-        f(view.as_slice_mut::<f32>()?, &shape)?;
-    }
-    Ok(tvec!(t.into_tvalue()))
-}
+crate::op::op_shell!(FastSoftmax);
 
 impl TypedOp for FastSoftmax {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -195,7 +203,7 @@ impl TypedOp for FastSoftmax {
         inputs: &[&TypedFact],
         outputs: &[&TypedFact],
     ) -> TractResult<AxesMapping> {
-        AxesMapping::natural(inputs, outputs)
+        crate::op::natural_axes(inputs, outputs)
     }
 
     fn change_axes(
@@ -229,6 +237,9 @@ pub(crate) fn keeps_last_axis(change: &AxisOp, rank: usize) -> bool {
 /// and returns how many it replaced. Run it on the typed model, before
 /// `into_optimized`.
 pub fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
+    if !crate::cpu::enabled(crate::cpu::Family::Softmax) {
+        return Ok(0);
+    }
     let mut ids = Vec::new();
     for node in model.nodes() {
         let Some(sm) = node.op_as::<Softmax>() else {

@@ -1,7 +1,7 @@
 //! The serial port, thin: open a tty raw (8N1, no echo, no line discipline,
 //! no flow control) at a baud rate, and read it with a timeout so the loops
 //! above can watch for shutdown. Framing and checking live in
-//! [`crate::framing`]; the request handling is the server's.
+//! `edge_bert_wire::frame`; the request handling is the server's.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::termios::{self, ControlModes, OptionalActions, SpecialCodeIndex};
 
-use crate::error::{Error, Result};
+use edge_bert_model::{Error, Result};
 
 /// Baud rates the serial options accept (the standard POSIX/Linux set).
 pub const BAUD_RATES: &[u32] = &[
@@ -64,11 +64,6 @@ impl Port {
             file,
             timeout: Duration::from_millis(100),
         })
-    }
-
-    /// How long a read waits before it returns `WouldBlock`.
-    pub fn set_read_timeout(&mut self, timeout: Duration) {
-        self.timeout = timeout;
     }
 
     /// A second handle on the same port (one reads, one writes).

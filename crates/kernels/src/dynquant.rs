@@ -67,16 +67,14 @@ impl Path {
 
     /// Whether this CPU can run the path.
     pub fn available(self) -> bool {
+        let f = crate::cpu::features();
         match self {
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => {
-                std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-            }
+            Path::Avx512 => f.avx512f && f.avx512bw,
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => std::is_x86_feature_detected!("avx2"),
+            Path::Avx2 => f.avx2,
             #[cfg(target_arch = "aarch64")]
-            Path::Neon => true,
+            Path::Neon => f.neon,
             Path::Portable => true,
             #[allow(unreachable_patterns)]
             _ => false,
@@ -84,12 +82,29 @@ impl Path {
     }
 }
 
-/// The path chosen for this CPU: the fastest it has.
+impl crate::cpu::KernelPath for Path {
+    const FAMILY: crate::cpu::Family = crate::cpu::Family::DynQuant;
+    const ALL: &'static [Path] = &Path::ALL;
+
+    fn name(self) -> &'static str {
+        match self {
+            Path::Avx512 => "avx512",
+            Path::Avx2 => "avx2",
+            Path::Neon => "neon",
+            Path::Portable => "portable",
+        }
+    }
+
+    fn available(self) -> bool {
+        Path::available(self)
+    }
+}
+
+/// The path chosen for this CPU: the fastest it has, or the one
+/// `EDGE_BERT_DYNQUANT` names (see [`crate::cpu`]).
 pub fn path() -> Path {
-    Path::ALL
-        .into_iter()
-        .find(|p| p.available())
-        .unwrap_or(Path::Portable)
+    static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+    *PATH.get_or_init(crate::cpu::kernel_path::<Path>)
 }
 
 /// The scalar reference: the definitions, one value at a time.
@@ -507,22 +522,11 @@ mod arm {
 #[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
 pub struct FastDynamicQuantize;
 
-impl Op for FastDynamicQuantize {
-    fn name(&self) -> StaticName {
-        "EdgeBertDynamicQuantizeLinear".into()
-    }
+impl crate::op::Kernel for FastDynamicQuantize {
+    const NAME: &'static str = "EdgeBertDynamicQuantizeLinear";
+    const VALIDATION: Validation = Validation::Accurate;
 
-    fn validation(&self) -> Validation {
-        Validation::Accurate
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for FastDynamicQuantize {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = &inputs[0];
         let view = input.try_as_plain_ram()?;
         let xs = view.as_slice::<f32>()?;
@@ -542,6 +546,8 @@ impl EvalOp for FastDynamicQuantize {
         ))
     }
 }
+
+crate::op::op_shell!(FastDynamicQuantize);
 
 impl TypedOp for FastDynamicQuantize {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -564,6 +570,9 @@ impl TypedOp for FastDynamicQuantize {
 /// also reads the mask and takes its range over the real tokens only
 /// ([`masked_range`]). Run it on the typed model, before `into_optimized`.
 pub fn swap_in(model: &mut TypedModel, mask: Option<OutletId>) -> TractResult<usize> {
+    if !crate::cpu::enabled(crate::cpu::Family::DynQuant) {
+        return Ok(0);
+    }
     let ids: Vec<usize> = model
         .nodes()
         .iter()

@@ -273,6 +273,66 @@ unsafe fn attention_avx2(
     generic(q, k, v, mask, d, scale, out)
 }
 
+/// The builds of this kernel, fastest first (see [`crate::cpu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl crate::cpu::KernelPath for Path {
+    const FAMILY: crate::cpu::Family = crate::cpu::Family::Attention;
+    const ALL: &'static [Path] = &[
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2,
+        Path::Portable,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => "avx512",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => "avx2",
+            Path::Portable => "portable",
+        }
+    }
+
+    fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => crate::cpu::features().avx512f,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => crate::cpu::features().avx2,
+            Path::Portable => true,
+        }
+    }
+}
+
+/// The path this kernel runs on (decided once per process).
+pub fn path() -> Path {
+    static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+    *PATH.get_or_init(crate::cpu::kernel_path::<Path>)
+}
+
+/// Whether [`fuse`] is used: not when `EDGE_BERT_ATTENTION=off`, and by
+/// default not on 32-bit ARM, where LLVM keeps the op's f32 loops on scalar
+/// VFP (NEON flushes denormals) while tract has NEON kernels for the
+/// matmuls (the qemu armv7 golden tests went from 626 s to 1,623 s with
+/// it); a named path there turns it on.
+pub fn enabled() -> bool {
+    match crate::cpu::setting(crate::cpu::Family::Attention) {
+        crate::cpu::Setting::Off => false,
+        crate::cpu::Setting::Auto => !cfg!(target_arch = "arm"),
+        crate::cpu::Setting::Named(_) => true,
+    }
+}
+
 /// Attention of `q`, `k`, `v` (`[batch, seq, hidden]`) with an additive
 /// `mask` (`[mask_batch, 1, mask_rows, seq]`) into `out`, on the fastest
 /// build this CPU has.
@@ -300,18 +360,15 @@ pub fn attention(
             && mask.len() >= d.mask_batch * d.mask_rows * d.seq,
         "attention: buffers do not fit {d:?}"
     );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { attention_avx512(q, k, v, mask, d, scale, out) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { attention_avx2(q, k, v, mask, d, scale, out) };
-        }
+    match path() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is available, so the CPU has AVX-512F.
+        Path::Avx512 => unsafe { attention_avx512(q, k, v, mask, d, scale, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is available, so the CPU has AVX2.
+        Path::Avx2 => unsafe { attention_avx2(q, k, v, mask, d, scale, out) },
+        Path::Portable => attention_portable(q, k, v, mask, d, scale, out),
     }
-    attention_portable(q, k, v, mask, d, scale, out)
 }
 
 /// tract op: `[batch, seq, hidden]` f32 `q`, `k`, `v` and a
@@ -363,29 +420,18 @@ impl Attention {
     }
 }
 
-impl Op for Attention {
-    fn name(&self) -> StaticName {
-        OP_TYPE.into()
-    }
+impl crate::op::Kernel for Attention {
+    const NAME: &'static str = OP_TYPE;
+    const VALIDATION: Validation = Validation::Rounding;
 
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
+    fn describe(&self) -> Vec<String> {
+        vec![format!(
             "head width {}, scale {}",
             self.head_dim, self.scale
-        )])
+        )]
     }
 
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for Attention {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(inputs.len() == 4, "{OP_TYPE}: {} inputs", inputs.len());
         let d = self.dims(
             inputs[0].shape(),
@@ -413,6 +459,8 @@ impl EvalOp for Attention {
         Ok(tvec!(out.into_tvalue()))
     }
 }
+
+crate::op::op_shell!(Attention);
 
 impl TypedOp for Attention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -839,13 +887,13 @@ mod tests {
 
     #[test]
     fn fuses_every_block_of_the_tiny_model() {
+        use prost::Message;
         let bytes = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/models/tiny/model.onnx"
+            "/../../models/tiny/model.onnx"
         ))
         .unwrap();
-        let crate::engine::DecodedModel::Onnx { mut proto, .. } =
-            crate::engine::decode(&bytes, crate::engine::ModelFormat::Onnx).unwrap();
+        let mut proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice()).unwrap();
         let graph = proto.graph.as_mut().unwrap();
         let before = graph.node.len();
         assert_eq!(fuse(graph), 2);

@@ -71,47 +71,82 @@ unsafe fn gelu_avx2(xs: &mut [f32], erf: &dyn ElementWise<f32>) -> TractResult<(
     blocks(xs, erf)
 }
 
+/// The builds of this kernel, fastest first (see [`crate::cpu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl crate::cpu::KernelPath for Path {
+    const FAMILY: crate::cpu::Family = crate::cpu::Family::Gelu;
+    const ALL: &'static [Path] = &[
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2,
+        Path::Portable,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => "avx512",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => "avx2",
+            Path::Portable => "portable",
+        }
+    }
+
+    fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => crate::cpu::features().avx512f,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => crate::cpu::features().avx2,
+            Path::Portable => true,
+        }
+    }
+}
+
+/// The path this kernel runs on (decided once per process).
+pub fn path() -> Path {
+    static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+    *PATH.get_or_init(crate::cpu::kernel_path::<Path>)
+}
+
 /// `GELU(x)` in place, exactly as tract's `GeluExact` on f32, on the
 /// fastest build this CPU has.
 pub fn gelu(xs: &mut [f32]) -> TractResult<()> {
     let erf = Func::Erf.ew_f32()?;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { gelu_avx512(xs, &*erf) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { gelu_avx2(xs, &*erf) };
-        }
+    match path() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is available, so the CPU has AVX-512F.
+        Path::Avx512 => unsafe { gelu_avx512(xs, &*erf) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is available, so the CPU has AVX2.
+        Path::Avx2 => unsafe { gelu_avx2(xs, &*erf) },
+        Path::Portable => gelu_portable(xs, &*erf),
     }
-    gelu_portable(xs, &*erf)
 }
 
 /// tract op: exact GELU on an f32 tensor of any shape.
 #[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
 pub struct FastGelu;
 
-impl Op for FastGelu {
-    fn name(&self) -> StaticName {
-        "EdgeBertGelu".into()
-    }
+impl crate::op::Kernel for FastGelu {
+    const NAME: &'static str = "EdgeBertGelu";
+    const VALIDATION: Validation = Validation::Rounding;
 
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for FastGelu {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        crate::softmax::eval_f32_in_place("EdgeBertGelu", inputs, |xs, _| gelu(xs))
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        crate::op::eval_f32_in_place("EdgeBertGelu", inputs, |xs, _| gelu(xs))
     }
 }
+
+crate::op::op_shell!(FastGelu);
 
 impl TypedOp for FastGelu {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -126,7 +161,7 @@ impl TypedOp for FastGelu {
         inputs: &[&TypedFact],
         outputs: &[&TypedFact],
     ) -> TractResult<AxesMapping> {
-        AxesMapping::natural(inputs, outputs)
+        crate::op::natural_axes(inputs, outputs)
     }
 
     fn change_axes(
@@ -147,6 +182,9 @@ impl TypedOp for FastGelu {
 /// it replaced. Run it on the decluttered typed model (where tract has
 /// found the GELU pattern), before `into_optimized`.
 pub fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
+    if !crate::cpu::enabled(crate::cpu::Family::Gelu) {
+        return Ok(0);
+    }
     let mut ids = Vec::new();
     for node in model.nodes() {
         let Some(op) = node.op_as::<ElementWiseOp>() else {

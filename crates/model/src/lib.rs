@@ -1,0 +1,66 @@
+//! `edge-bert-model`: a BERT text classifier from a model bundle, on
+//! [tract](https://github.com/sonos/tract). No sockets, no command line.
+//!
+//! A *bundle* (a directory with `manifest.json`, a model and a
+//! `tokenizer.json`) is verified against the SHA-256 sums in its manifest,
+//! tokenised by the crate's own BERT WordPiece tokenizer (token for token
+//! the same as Hugging Face `tokenizers`, but allocation-free), and run by
+//! tract with one optimised fixed-shape plan per length bucket, with
+//! edge-bert's own kernels swapped in (`edge-bert-kernels`). All plans and
+//! their states are built once at load time and reused for every text, so
+//! memory is known at start-up and short texts cost less compute than long
+//! ones ([`Classifier::new_lazy`] instead builds each plan on first use,
+//! for one-shot runs).
+//!
+//! ```no_run
+//! let mut clf = edge_bert_model::Classifier::from_dir("models/sentiment-fp32")?;
+//! let c = clf.classify("a warm, funny, beautifully acted film")?;
+//! println!("{} {:.3}", c.label, c.score);
+//! # Ok::<(), edge_bert_model::Error>(())
+//! ```
+//!
+//! # Layout
+//!
+//! From the bottom up:
+//!
+//! - [`error`]: the crate's [`Error`] type.
+//! - [`manifest`]: the bundle manifest, parsed and validated (pure).
+//! - [`memory`]: `/proc` maps parsing and handing start-up memory back
+//!   (loader pages, freed heap, a static model's pages).
+//! - [`alloc_probe`]: thread markers that let a test's counting allocator
+//!   tell the serving loop's allocations from tract's.
+//! - [`rows`]: the word-embedding table read a row per token from the
+//!   model file instead of held in memory (a pure ONNX walk + `pread`).
+//! - [`bundle`]: reading a bundle from a directory or from memory, with
+//!   every file checked by size and SHA-256; writing one (`write`
+//!   feature, host tools only).
+//! - [`embedded`]: the default model compiled in (`embedded-model`
+//!   feature).
+//! - [`tokenize`]: BERT WordPiece from the bundle's `tokenizer.json`,
+//!   truncating at `max_seq_len`, writing into reused buffers (pure).
+//! - `weights`: one copy of each weight across the bucket plans.
+//! - [`engine`]: tract plans and states, one per length bucket, with the
+//!   kernels installed.
+//! - [`postprocess`]: softmax and arg-max over logits (pure).
+//! - [`classifier`]: text in, [`Classification`] out.
+//! - [`eval`]: labelled TSV files and accuracy metrics (pure, but for
+//!   `read_tsv`).
+
+pub mod alloc_probe;
+pub mod bundle;
+pub mod classifier;
+pub mod embedded;
+pub mod engine;
+pub mod error;
+pub mod eval;
+pub mod manifest;
+pub mod memory;
+pub mod postprocess;
+pub mod rows;
+pub mod tokenize;
+mod weights;
+
+pub use bundle::Bundle;
+pub use classifier::{Classification, Classifier, Outcome};
+pub use error::{Error, Result};
+pub use manifest::Manifest;

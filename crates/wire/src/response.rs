@@ -1,0 +1,215 @@
+//! Response lines, pure: the server's encoders (a classification
+//! allocates nothing once the buffer has its capacity) and the client's
+//! decoder of the same lines.
+
+use serde_json::value::RawValue;
+
+use crate::code::ErrorCode;
+
+/// Writes a raw id (or `null`).
+fn write_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
+    out.extend_from_slice(id.map_or("null", |r| r.get()).as_bytes());
+}
+
+/// The labels as JSON string tokens, escaped once at start-up.
+pub fn label_tokens(labels: &[String]) -> Vec<String> {
+    labels
+        .iter()
+        .map(|l| serde_json::Value::from(l.as_str()).to_string())
+        .collect()
+}
+
+/// Writes the fields of an outcome: `"label":..,"score":..,"scores":{..},
+/// "tokens":..,"truncated":..` (no braces). `labels` come from
+/// [`label_tokens`]. Allocates nothing once `out` has the capacity.
+pub fn write_outcome(out: &mut Vec<u8>, o: &Scored<'_>, labels: &[String]) {
+    use std::io::Write;
+    out.extend_from_slice(b"\"label\":");
+    out.extend_from_slice(labels[o.best].as_bytes());
+    let _ = write!(out, ",\"score\":{},\"scores\":{{", o.probs[o.best]);
+    for (i, (l, p)) in labels.iter().zip(o.probs).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(l.as_bytes());
+        let _ = write!(out, ":{p}");
+    }
+    let _ = write!(
+        out,
+        "}},\"tokens\":{},\"truncated\":{}",
+        o.tokens, o.truncated
+    );
+}
+
+/// Writes `{"id":..,` then the outcome's fields and `}`.
+pub fn write_classification(
+    out: &mut Vec<u8>,
+    id: Option<&RawValue>,
+    o: &Scored<'_>,
+    labels: &[String],
+) {
+    out.extend_from_slice(b"{\"id\":");
+    write_id(out, id);
+    out.push(b',');
+    write_outcome(out, o, labels);
+    out.push(b'}');
+}
+
+/// Writes the opening of a `texts` response, `{"id":..,"results":[`; each
+/// result is then `{fields}` (comma-separated) and the end is `]}`.
+pub fn write_results_start(out: &mut Vec<u8>, id: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"id\":");
+    write_id(out, id);
+    out.extend_from_slice(b",\"results\":[");
+}
+
+/// The response line for a refused or failed request (no trailing newline).
+pub fn encode_error(id: &serde_json::Value, code: ErrorCode, message: &str) -> String {
+    serde_json::json!({ "id": id, "error": { "code": code.as_str(), "message": message } })
+        .to_string()
+}
+
+/// One classification as the encoders take it (borrowed, so the server's
+/// path allocates nothing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored<'a> {
+    /// Index of the winning label.
+    pub best: usize,
+    /// Probability of every label, in label order.
+    pub probs: &'a [f32],
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+    /// Whether the text was cut to the model's maximum length.
+    pub truncated: bool,
+}
+
+/// A classification read back from a response line by a client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub label: String,
+    pub score: f32,
+    /// Every label's probability, in the order the server sent them.
+    pub scores: Vec<(String, f32)>,
+    pub tokens: usize,
+    pub truncated: bool,
+}
+
+/// Why a response line is not the classification a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// The server answered with an error object. The code is kept as sent
+    /// (a newer server may send one this build does not know;
+    /// [`ErrorCode::parse`] tells).
+    Server { code: String, message: String },
+    /// The line is not a well-formed answer to this request.
+    Malformed(String),
+}
+
+/// Reads a classification response (already parsed as JSON) to the request
+/// with id `id`.
+pub fn decode_answer(v: &serde_json::Value, id: u64) -> Result<Answer, ReplyError> {
+    if let Some(err) = v.get("error") {
+        return Err(ReplyError::Server {
+            code: err["code"].as_str().unwrap_or("unknown").to_string(),
+            message: err["message"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    let bad = |what: &str| ReplyError::Malformed(format!("{what} in {v}"));
+    if v["id"] != serde_json::json!(id) {
+        return Err(bad("unexpected id"));
+    }
+    let scores = v["scores"]
+        .as_object()
+        .ok_or_else(|| bad("no scores"))?
+        .iter()
+        .map(|(k, p)| {
+            Ok((
+                k.clone(),
+                p.as_f64().ok_or_else(|| bad("bad score"))? as f32,
+            ))
+        })
+        .collect::<Result<Vec<_>, ReplyError>>()?;
+    Ok(Answer {
+        label: v["label"]
+            .as_str()
+            .ok_or_else(|| bad("no label"))?
+            .to_string(),
+        score: v["score"].as_f64().ok_or_else(|| bad("no score"))? as f32,
+        scores,
+        tokens: v["tokens"].as_u64().ok_or_else(|| bad("no tokens"))? as usize,
+        truncated: v["truncated"]
+            .as_bool()
+            .ok_or_else(|| bad("no truncated"))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{decode, Req, Texts};
+    use serde_json::json;
+
+    #[test]
+    fn writes_classifications_as_json() {
+        let labels = label_tokens(&["NEG".to_string(), "POS \"quoted\"".to_string()]);
+        let o = Scored {
+            best: 1,
+            probs: &[0.25, 0.75],
+            tokens: 12,
+            truncated: false,
+        };
+        let mut out = Vec::with_capacity(512);
+        let mut texts = Texts::default();
+        let line = br#"{"id": {"a": [1, 2]}, "text": "x"}"#;
+        let Req::Classify { id } = decode(line, &mut texts).unwrap() else {
+            panic!()
+        };
+        write_classification(&mut out, id, &o, &labels);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"id": {"a": [1, 2]}, "label": "POS \"quoted\"", "score": 0.75,
+            "scores": {"NEG": 0.25, "POS \"quoted\"": 0.75}, "tokens": 12, "truncated": false})
+        );
+        out.clear();
+        write_results_start(&mut out, None);
+        out.push(b'{');
+        write_outcome(&mut out, &o, &labels);
+        out.extend_from_slice(b"}]}");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], json!(null));
+        assert_eq!(v["results"][0]["tokens"], 12);
+    }
+
+    #[test]
+    fn answers_decode_back() {
+        let labels = label_tokens(&["NEG".to_string(), "POS".to_string()]);
+        let o = Scored {
+            best: 0,
+            probs: &[0.5, 0.5],
+            tokens: 3,
+            truncated: true,
+        };
+        let mut out = Vec::new();
+        let id = serde_json::from_str::<&RawValue>("41").unwrap();
+        write_classification(&mut out, Some(id), &o, &labels);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let a = decode_answer(&v, 41).unwrap();
+        assert_eq!(a.label, "NEG");
+        assert_eq!(a.scores, vec![("NEG".into(), 0.5), ("POS".into(), 0.5)]);
+        assert!(a.truncated);
+        assert!(matches!(
+            decode_answer(&v, 42),
+            Err(ReplyError::Malformed(_))
+        ));
+        let e: serde_json::Value =
+            serde_json::from_str(&encode_error(&json!(41), ErrorCode::Busy, "try again")).unwrap();
+        assert_eq!(
+            decode_answer(&e, 41),
+            Err(ReplyError::Server {
+                code: "busy".into(),
+                message: "try again".into()
+            })
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! `edge-bert classify`: texts from the arguments or stdin, answered by the
+//! model in-process or by a running server (socket, TCP, serial).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use edge_bert::client::{Client, SerialClient};
+use edge_bert_model::{Classification, Classifier, Error};
+
+use super::{load_with, Failure, EXIT_INPUT, EXIT_MODEL, EXIT_USAGE};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model bundle directory (default: the model embedded in this binary).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Override the length buckets, e.g. 16,32,64,128 (the last must be the max length).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,..")]
+    pub buckets: Option<Vec<usize>>,
+    /// Ask a running `edge-bert serve` on this Unix socket instead of loading a model.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["model", "buckets", "tcp", "serial"])]
+    pub socket: Option<PathBuf>,
+    /// Ask a running `edge-bert serve` on this TCP address.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["model", "buckets", "serial"])]
+    pub tcp: Option<String>,
+    /// Ask an `edge-bert serve --serial` over this serial port (frames are CRC-checked).
+    #[arg(long, value_name = "DEV", conflicts_with_all = ["model", "buckets"])]
+    pub serial: Option<PathBuf>,
+    /// Baud rate for --serial.
+    #[arg(long, default_value_t = 115_200, value_name = "N", requires = "serial")]
+    pub baud: u32,
+    /// Texts to classify; with none, read one text per line from stdin.
+    pub texts: Vec<String>,
+}
+
+pub fn run(a: Args) -> Result<(), Failure> {
+    let backend = open_backend(
+        a.model.as_deref(),
+        a.buckets.as_deref(),
+        a.socket,
+        a.tcp,
+        a.serial.map(|p| (p, a.baud)),
+    )?;
+    classify(backend, a.json, a.texts)
+}
+
+/// A daemon connection when `--socket` or `--tcp` is given, else the model
+/// loaded in-process.
+fn open_backend(
+    model: Option<&Path>,
+    buckets: Option<&[usize]>,
+    socket: Option<PathBuf>,
+    tcp: Option<String>,
+    serial: Option<(PathBuf, u32)>,
+) -> Result<Backend, Failure> {
+    if let Some((dev, baud)) = serial {
+        if let Err(e) = edge_bert::check_baud(baud) {
+            return Err(Failure::new(EXIT_USAGE, e.to_string()));
+        }
+        return SerialClient::open(&dev, baud, SERIAL_TIMEOUT)
+            .map(Backend::Serial)
+            .map_err(|e| Failure::new(EXIT_MODEL, e.to_string()));
+    }
+    let remote = match (socket, tcp) {
+        (Some(p), _) => Client::unix(&p),
+        (None, Some(a)) => Client::tcp(&a),
+        // In-process: build each bucket's plan when a text first needs it,
+        // so a one-shot classify answers after one plan, not all of them.
+        (None, None) => {
+            return load_with(model, buckets, true).map(|c| Backend::Local(Box::new(c)))
+        }
+    };
+    remote
+        .map(Backend::Remote)
+        .map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))
+}
+
+/// Where `classify` gets its answers.
+enum Backend {
+    Local(Box<Classifier>),
+    Remote(Client),
+    Serial(SerialClient),
+}
+
+/// How long `classify --serial` waits for each reply before sending again.
+const SERIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Backend {
+    fn classify(&mut self, text: &str) -> Result<Classification, Error> {
+        match self {
+            Backend::Local(c) => c.classify(text),
+            Backend::Remote(c) => c.classify(text),
+            Backend::Serial(c) => c.classify(text),
+        }
+    }
+}
+
+fn classification_json(c: &Classification, text: &str) -> serde_json::Value {
+    let scores: serde_json::Map<String, serde_json::Value> = c
+        .scores
+        .iter()
+        .map(|(l, p)| (l.clone(), serde_json::json!(p)))
+        .collect();
+    serde_json::json!({
+        "label": c.label,
+        "score": c.score,
+        "scores": scores,
+        "tokens": c.tokens,
+        "truncated": c.truncated,
+        "text": text,
+    })
+}
+
+fn classify(mut clf: Backend, json: bool, texts: Vec<String>) -> Result<(), Failure> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut failed = 0usize;
+    // Ok(false): this text was refused (reported on stderr), go on with the rest.
+    let mut one = |n: usize, text: &str, out: &mut dyn Write| -> Result<bool, Failure> {
+        match clf.classify(text) {
+            Ok(c) => {
+                if c.truncated {
+                    log::warn!("text {n} truncated to {} tokens", c.tokens);
+                }
+                let line = if json {
+                    classification_json(&c, text).to_string()
+                } else {
+                    let flat: String = text
+                        .chars()
+                        .map(|ch| {
+                            if ch == '\t' || ch == '\n' || ch == '\r' {
+                                ' '
+                            } else {
+                                ch
+                            }
+                        })
+                        .collect();
+                    format!("{}\t{:.4}\t{}", c.label, c.score, flat)
+                };
+                writeln!(out, "{line}").map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
+            }
+            Err(e @ Error::EmptyText) => {
+                eprintln!("edge-bert: text {n}: {e}");
+                return Ok(false);
+            }
+            Err(e) => return Err(Failure::new(1, format!("text {n}: {e}"))),
+        }
+        Ok(true)
+    };
+    if texts.is_empty() {
+        let stdin = std::io::stdin();
+        let mut reader = stdin.lock();
+        let mut buf = Vec::new();
+        let mut n = 0;
+        loop {
+            buf.clear();
+            let read = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Failure::new(1, format!("reading stdin: {e}")))?;
+            if read == 0 {
+                break;
+            }
+            n += 1;
+            let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            match std::str::from_utf8(line) {
+                Ok(text) => failed += usize::from(!one(n, text, &mut out)?),
+                Err(e) => {
+                    eprintln!(
+                        "edge-bert: stdin line {n} is not valid UTF-8 (byte {}): skipped",
+                        e.valid_up_to()
+                    );
+                    failed += 1;
+                }
+            }
+        }
+    } else {
+        for (i, text) in texts.iter().enumerate() {
+            failed += usize::from(!one(i + 1, text, &mut out)?);
+        }
+    }
+    out.flush()
+        .map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
+    if failed > 0 {
+        return Err(Failure::new(
+            EXIT_INPUT,
+            format!("{failed} text(s) could not be classified"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `edge-bert eval`: accuracy (and agreement with a reference bundle) on a
+//! labelled file.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use edge_bert_model::eval::{read_tsv, Confusion};
+use serde_json::json;
+
+use super::{load, Failure, EXIT_DATA};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model bundle directory (default: the embedded model).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Labelled data: LABEL<TAB>text per line.
+    #[arg(long, value_name = "FILE.tsv")]
+    pub data: PathBuf,
+    /// A second bundle to measure agreement with.
+    #[arg(long, value_name = "DIR")]
+    pub reference: Option<PathBuf>,
+    /// Only the first N examples.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> Result<(), Failure> {
+    eval(
+        a.model.as_deref(),
+        &a.data,
+        a.reference.as_deref(),
+        a.limit,
+        a.json,
+    )
+}
+
+fn eval(
+    model: Option<&Path>,
+    data: &Path,
+    reference: Option<&Path>,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut clf = load(model, None)?;
+    let mut reference = reference.map(|r| load(Some(r), None)).transpose()?;
+    let labels = clf.manifest().labels.clone();
+    let mut examples =
+        read_tsv(data, &labels).map_err(|e| Failure::new(EXIT_DATA, e.to_string()))?;
+    if let Some(n) = limit {
+        examples.truncate(n);
+    }
+
+    let bar = indicatif::ProgressBar::new(examples.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} eval [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let mut confusion = Confusion::new(labels.len());
+    let mut agree = 0u64;
+    let mut tokens = 0u64;
+    let mut truncated = 0u64;
+    let mut busy = std::time::Duration::ZERO;
+    for ex in &examples {
+        let started = Instant::now();
+        let c = clf
+            .classify(&ex.text)
+            .map_err(|e| Failure::new(1, format!("classifying {:?}: {e}", ex.text)))?;
+        busy += started.elapsed();
+        tokens += c.tokens as u64;
+        truncated += c.truncated as u64;
+        let predicted = labels.iter().position(|l| *l == c.label).unwrap_or(0);
+        confusion.add(ex.label, predicted);
+        if let Some(r) = reference.as_mut() {
+            let rc = r
+                .classify(&ex.text)
+                .map_err(|e| Failure::new(1, format!("reference model: {e}")))?;
+            agree += (rc.label == c.label) as u64;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let n = examples.len() as u64;
+    let secs = busy.as_secs_f64().max(1e-9);
+    let per_class = confusion.per_class(&labels);
+    let report = json!({
+        "model": clf.manifest().name,
+        "source": clf.source().to_string(),
+        "data": data.display().to_string(),
+        "examples": n,
+        "correct": confusion.correct(),
+        "accuracy": confusion.accuracy(),
+        "per_class": per_class,
+        "agreement": reference.as_ref().map(|_| agree as f64 / n as f64),
+        "reference": reference.as_ref().map(|r| r.manifest().name.clone()),
+        "tokens": tokens,
+        "truncated": truncated,
+        "seconds": secs,
+        "tokens_per_second": tokens as f64 / secs,
+        "texts_per_second": n as f64 / secs,
+    });
+    if json {
+        println!("{report}");
+    } else {
+        println!("model      {} ({})", clf.manifest().name, clf.source());
+        println!(
+            "data       {} ({n} examples, {truncated} truncated)",
+            data.display()
+        );
+        println!(
+            "accuracy   {:.2}% ({}/{n})",
+            100.0 * confusion.accuracy(),
+            confusion.correct()
+        );
+        for m in &per_class {
+            println!(
+                "  {:<12} precision {:.2}%  recall {:.2}%  support {}",
+                m.label,
+                100.0 * m.precision,
+                100.0 * m.recall,
+                m.support
+            );
+        }
+        if let Some(r) = &reference {
+            println!(
+                "agreement  {:.2}% with {}",
+                100.0 * agree as f64 / n as f64,
+                r.manifest().name
+            );
+        }
+        println!(
+            "speed      {:.0} tokens/s, {:.1} texts/s ({secs:.2} s in the model path{})",
+            tokens as f64 / secs,
+            n as f64 / secs,
+            if reference.is_some() {
+                ", reference excluded"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}

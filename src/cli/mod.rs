@@ -1,0 +1,85 @@
+//! The subcommands, one file each; this file holds what they share:
+//! exit codes, the [`Failure`] they end with, and loading a model.
+//!
+//! Exit codes: 0 success; 1 some input could not be classified (empty text,
+//! invalid UTF-8) or a run-time error; 2 bad command-line usage; 3 the model
+//! bundle could not be loaded; 4 the data file is unreadable or malformed.
+
+use std::path::Path;
+use std::time::Instant;
+
+use edge_bert_model::{Bundle, Classifier, Error};
+
+pub mod bench;
+pub mod classify;
+pub mod eval;
+pub mod info;
+pub mod serve;
+
+/// When main() started (for `bench`'s cold-start figure).
+pub static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+pub const EXIT_INPUT: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_MODEL: u8 = 3;
+pub const EXIT_DATA: u8 = 4;
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub fn load_bundle(model: Option<&Path>) -> Result<Bundle, Failure> {
+    let bundle = match model {
+        Some(dir) => Bundle::load_dir(dir),
+        None => edge_bert_model::embedded::bundle().unwrap_or_else(|| {
+            Err(Error::InvalidArgument(
+                "this binary has no embedded model: pass --model DIR".into(),
+            ))
+        }),
+    };
+    bundle.map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))
+}
+
+pub fn load(model: Option<&Path>, buckets: Option<&[usize]>) -> Result<Classifier, Failure> {
+    load_with(model, buckets, false)
+}
+
+/// Loads the classifier; `lazy` builds bucket plans on first use.
+pub fn load_with(
+    model: Option<&Path>,
+    buckets: Option<&[usize]>,
+    lazy: bool,
+) -> Result<Classifier, Failure> {
+    let started = Instant::now();
+    let made = match model {
+        Some(dir) => Classifier::load_dir(dir, buckets, lazy),
+        None => Classifier::from_bundle(load_bundle(None)?, buckets, lazy),
+    };
+    let clf = made.map_err(|e| {
+        let code = match e {
+            Error::InvalidArgument(_) => EXIT_USAGE,
+            _ => EXIT_MODEL,
+        };
+        Failure::new(code, e.to_string())
+    })?;
+    log::info!(
+        "loaded {} from {} in {:.2?} (buckets {:?}, {} plans built)",
+        clf.manifest().name,
+        clf.source(),
+        started.elapsed(),
+        clf.engine().buckets(),
+        clf.engine().built_buckets()
+    );
+    Ok(clf)
+}

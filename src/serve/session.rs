@@ -1,0 +1,269 @@
+//! The one session loop, shared by every transport: read a line, answer
+//! it, write the answer. A socket connection and an open serial port differ
+//! only in their [`Link`]: how a line is framed, whether silence times out,
+//! and what the end of input means.
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use edge_bert_model::Outcome;
+use edge_bert_wire::frame::{self, Frame};
+use edge_bert_wire::request::owned_id;
+use edge_bert_wire::response::{write_classification, write_outcome, write_results_start};
+use edge_bert_wire::{
+    decode, encode_error, ErrorCode, Line, LineReader, Op, RawValue, Req, Scored, Texts,
+};
+use serde_json::{json, Value};
+
+use super::worker::Slot;
+use super::{peak_rss_kib, Shared, SHUTDOWN_GRACE};
+
+/// How a transport frames its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Link {
+    /// A socket: plain lines; a client silent for `--idle-timeout` is
+    /// closed; end of input ends the session.
+    Stream,
+    /// A serial port: lines may carry a CRC-32 suffix ([`frame`]), and once
+    /// one has, every line must (a line without one is then damage, not a
+    /// person typing). End of input means the port went away.
+    Serial { checked: bool },
+}
+
+/// What a link makes of one full line.
+enum Framed<'a> {
+    /// Nothing to answer (a blank line on a serial port).
+    Skip,
+    /// A request body; `seal` says whether the answer gets a suffix.
+    Body(&'a [u8], bool),
+    /// A damaged frame: answer `corrupt` with this message.
+    Corrupt(String),
+}
+
+impl Link {
+    /// The longest line this link reads, for `max_text_bytes` of request.
+    fn max_line(self, max_text_bytes: usize) -> usize {
+        match self {
+            Link::Stream => max_text_bytes,
+            Link::Serial { .. } => max_text_bytes + frame::SUFFIX_LEN,
+        }
+    }
+
+    /// Whether answers are sealed with a suffix.
+    fn sealed(self) -> bool {
+        matches!(self, Link::Serial { checked: true })
+    }
+
+    fn frame<'a>(&mut self, line: &'a [u8]) -> Framed<'a> {
+        let Link::Serial { checked } = self else {
+            return Framed::Body(line, false);
+        };
+        match frame::parse(line) {
+            Frame::Blank => Framed::Skip,
+            Frame::Checked(body) => {
+                *checked = true;
+                Framed::Body(body, true)
+            }
+            Frame::Plain(body) if !*checked => Framed::Body(body, false),
+            Frame::Plain(_) => Framed::Corrupt("no *CRC suffix on a checked link".into()),
+            Frame::Corrupt { expected, actual } => {
+                *checked = true;
+                Framed::Corrupt(format!(
+                    "CRC mismatch: frame says {expected:08X}, body is {actual:08X}"
+                ))
+            }
+        }
+    }
+}
+
+/// One session's buffers, allocated when it opens and reused for every
+/// request on it.
+struct Session {
+    /// The request's texts, unescaped once by the decoder.
+    texts: Texts,
+    /// The response being built.
+    out: Vec<u8>,
+    /// The line to the worker.
+    slot: Slot,
+}
+
+/// Runs one session until the peer leaves (`Ok`), shutdown (`Ok`, after
+/// answering for at most the shutdown grace what has already arrived), or
+/// an I/O error (`Err`; for a serial port, end of input is `BrokenPipe`).
+pub(super) fn run(
+    shared: &Shared,
+    read: impl Read,
+    write: &mut dyn Write,
+    mut link: Link,
+) -> std::io::Result<()> {
+    let max = shared.cfg.max_text_bytes;
+    let mut reader = LineReader::new(read, link.max_line(max));
+    let mut session = Session {
+        texts: Texts::with_capacity(max + 8),
+        out: Vec::with_capacity(shared.out_capacity),
+        slot: Slot::new(max + 8),
+    };
+    let mut idle_since = Instant::now();
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        // After shutdown, lines that have already arrived are still answered
+        // (for at most SHUTDOWN_GRACE); the first read that would wait ends it.
+        if shared.shutdown.load(Ordering::SeqCst) {
+            let deadline = *stop_by.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+            if Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
+        let line = match reader.next_line() {
+            Ok(l) => l,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if shared.shutdown.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                if link == Link::Stream && idle_since.elapsed() >= shared.cfg.idle_timeout {
+                    let _ = writeln!(
+                        write,
+                        "{}",
+                        encode_error(
+                            &Value::Null,
+                            ErrorCode::IdleTimeout,
+                            "no request within --idle-timeout; closing"
+                        )
+                    );
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        idle_since = Instant::now();
+        let seal = match line {
+            Line::Eof => {
+                return match link {
+                    Link::Stream => Ok(()),
+                    Link::Serial { .. } => Err(std::io::ErrorKind::BrokenPipe.into()),
+                }
+            }
+            Line::TooLong => {
+                error(
+                    shared,
+                    &mut session.out,
+                    ErrorCode::TooLong,
+                    &format!("line longer than --max-text-bytes {max}; discarded"),
+                );
+                link.sealed()
+            }
+            Line::Full(bytes) => match link.frame(bytes) {
+                Framed::Skip => continue,
+                Framed::Body(body, seal) => {
+                    respond(shared, body, &mut session);
+                    seal
+                }
+                Framed::Corrupt(message) => {
+                    error(shared, &mut session.out, ErrorCode::Corrupt, &message);
+                    true
+                }
+            },
+        };
+        if seal {
+            frame::seal(&mut session.out);
+        }
+        session.out.push(b'\n');
+        write.write_all(&session.out)?;
+        write.flush()?;
+    }
+}
+
+/// Puts an error with no id into `out`, counted.
+fn error(shared: &Shared, out: &mut Vec<u8>, code: ErrorCode, message: &str) {
+    shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    out.clear();
+    out.extend_from_slice(encode_error(&Value::Null, code, message).as_bytes());
+}
+
+fn scored(o: &Outcome) -> Scored<'_> {
+    Scored {
+        best: o.best,
+        probs: &o.probs,
+        tokens: o.tokens,
+        truncated: o.truncated,
+    }
+}
+
+/// Writes the response to one request line into `session.out`, whatever
+/// the transport. A classification allocates nothing here (see
+/// `tests/it/alloc.rs`); ops and errors may.
+fn respond(shared: &Shared, bytes: &[u8], session: &mut Session) {
+    session.out.clear();
+    let req = match decode(bytes, &mut session.texts) {
+        Ok(r) => r,
+        Err(r) => {
+            shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            let e = encode_error(&r.id, r.code, &r.message);
+            session.out.extend_from_slice(e.as_bytes());
+            return;
+        }
+    };
+    let failed = |out: &mut Vec<u8>, id: Option<&RawValue>, code: ErrorCode, msg: &str| {
+        out.clear();
+        out.extend_from_slice(encode_error(&owned_id(id), code, msg).as_bytes());
+    };
+    let Session { texts, out, slot } = session;
+    match req {
+        Req::Op { id, op } => {
+            out.extend_from_slice(respond_op(shared, &owned_id(id), op).as_bytes());
+        }
+        Req::Classify { id } => {
+            shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            match slot.classify(shared, texts.get(0)) {
+                Ok(o) => write_classification(out, id, &scored(&o), &shared.labels),
+                Err((code, msg)) => failed(out, id, code, &msg),
+            }
+        }
+        Req::ClassifyMany { id } => {
+            shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            write_results_start(out, id);
+            for (i, text) in texts.iter().enumerate() {
+                match slot.classify(shared, text) {
+                    Ok(o) => {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.push(b'{');
+                        write_outcome(out, &scored(&o), &shared.labels);
+                        out.push(b'}');
+                    }
+                    Err((code, msg)) => return failed(out, id, code, &msg),
+                }
+            }
+            out.extend_from_slice(b"]}");
+        }
+    }
+}
+
+fn respond_op(shared: &Shared, id: &Value, op: Op) -> String {
+    let m = &shared.metrics;
+    let body = match op {
+        Op::Health => json!({ "id": id, "status": "ok" }),
+        Op::Info => json!({ "id": id, "info": shared.info }),
+        Op::Metrics => {
+            let (p50, p99) = m.percentiles();
+            json!({ "id": id, "metrics": {
+                "requests": m.requests.load(Ordering::Relaxed),
+                "errors": m.errors.load(Ordering::Relaxed),
+                "latency_ms_p50": p50,
+                "latency_ms_p99": p99,
+                "queue_depth": m.queued.load(Ordering::Relaxed),
+                "clients": shared.clients.load(Ordering::Relaxed),
+                "peak_rss_kib": peak_rss_kib(),
+            }})
+        }
+    };
+    body.to_string()
+}

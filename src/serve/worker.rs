@@ -1,0 +1,119 @@
+//! The inference worker: one thread that owns the classifier and answers
+//! texts from a bounded queue, and the per-session [`Slot`] through which a
+//! session hands it a text and waits for the answer.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use edge_bert_model::{alloc_probe, Classifier, Error, Outcome, Result};
+use edge_bert_wire::ErrorCode;
+
+use super::{Shared, TICK};
+
+/// A text for the worker. The text buffer belongs to the session: it
+/// travels to the worker and comes back with the reply, so no request
+/// allocates one.
+pub(crate) struct Job {
+    text: String,
+    reply: SyncSender<Reply>,
+}
+
+/// The text buffer, handed back, and the outcome.
+type Reply = (String, std::result::Result<Outcome, String>);
+
+/// Starts the worker. It ends when every sender of `jobs` is gone: after
+/// shutdown, once the queue is drained.
+pub(super) fn spawn(
+    mut clf: Classifier,
+    jobs: Receiver<Job>,
+    shared: Arc<Shared>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || {
+            alloc_probe::mark_loop_thread();
+            while let Ok(job) = jobs.recv() {
+                shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let r = clf.classify_outcome(&job.text).map_err(|e| e.to_string());
+                shared.metrics.record(started.elapsed());
+                let _ = job.reply.send((job.text, r));
+            }
+        })
+        .map_err(|e| Error::io("inference thread", e))
+}
+
+/// A session's line to the worker: its text buffer and reply channel,
+/// allocated when the session opens.
+pub(super) struct Slot {
+    /// The text buffer (away at the worker while a text is in flight).
+    text: Option<String>,
+    reply_tx: SyncSender<Reply>,
+    reply_rx: Receiver<Reply>,
+}
+
+impl Slot {
+    pub(super) fn new(text_bytes: usize) -> Slot {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        Slot {
+            text: Some(String::with_capacity(text_bytes)),
+            reply_tx,
+            reply_rx,
+        }
+    }
+
+    /// Runs one text (already unescaped) through the worker; `Err` is the
+    /// error code and message to answer with.
+    pub(super) fn classify(
+        &mut self,
+        shared: &Shared,
+        text: &str,
+    ) -> std::result::Result<Outcome, (ErrorCode, String)> {
+        let sender = shared
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(sender) = sender else {
+            return Err((ErrorCode::ShuttingDown, "the server is stopping".into()));
+        };
+        let mut buf = self
+            .text
+            .take()
+            .unwrap_or_else(|| String::with_capacity(shared.cfg.max_text_bytes + 8));
+        buf.clear();
+        buf.push_str(text);
+        shared.metrics.queued.fetch_add(1, Ordering::Relaxed);
+        let job = Job {
+            text: buf,
+            reply: self.reply_tx.clone(),
+        };
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = sender.try_send(job)
+        {
+            self.text = Some(job.text);
+            shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            return Err((
+                ErrorCode::Busy,
+                "the request queue is full; try again".into(),
+            ));
+        }
+        loop {
+            match self.reply_rx.recv_timeout(TICK) {
+                Ok((buf, result)) => {
+                    self.text = Some(buf);
+                    return result.map_err(|e| {
+                        shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                        (ErrorCode::ModelError, e)
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err((ErrorCode::Internal, "worker stopped".into()))
+                }
+            }
+        }
+    }
+}
