@@ -67,14 +67,13 @@ impl Path {
 
     /// Whether this CPU can run the path.
     pub fn available(self) -> bool {
-        let f = crate::cpu::features();
         match self {
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => f.avx512f && f.avx512bw,
+            Path::Avx512 => crate::cpu::features().avx512f && crate::cpu::features().avx512bw,
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => f.avx2,
+            Path::Avx2 => crate::cpu::features().avx2,
             #[cfg(target_arch = "aarch64")]
-            Path::Neon => f.neon,
+            Path::Neon => crate::cpu::features().neon,
             Path::Portable => true,
             #[allow(unreachable_patterns)]
             _ => false,
