@@ -273,52 +273,7 @@ unsafe fn attention_avx2(
     generic(q, k, v, mask, d, scale, out)
 }
 
-/// The builds of this kernel, fastest first (see [`crate::cpu`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl crate::cpu::KernelPath for Path {
-    const FAMILY: crate::cpu::Family = crate::cpu::Family::Attention;
-    const ALL: &'static [Path] = &[
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512,
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2,
-        Path::Portable,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => "avx512",
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => "avx2",
-            Path::Portable => "portable",
-        }
-    }
-
-    fn available(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => crate::cpu::features().avx512f,
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => crate::cpu::features().avx2,
-            Path::Portable => true,
-        }
-    }
-}
-
-/// The path this kernel runs on (decided once per process).
-pub fn path() -> Path {
-    static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
-    *PATH.get_or_init(crate::cpu::kernel_path::<Path>)
-}
+crate::cpu::x86_paths!(Attention: Avx512 "avx512" if avx512f, Avx2 "avx2" if avx2);
 
 /// Whether [`fuse`] is used: not when `EDGE_BERT_ATTENTION=off`, and by
 /// default not on 32-bit ARM, where LLVM keeps the op's f32 loops on scalar

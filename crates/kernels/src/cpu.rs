@@ -124,15 +124,10 @@ impl<'a> Setting<'a> {
 
 /// The switch of `family`, read from the environment once per process.
 pub fn setting(family: Family) -> Setting<'static> {
-    static VALUES: OnceLock<Vec<Option<String>>> = OnceLock::new();
-    let values = VALUES.get_or_init(|| {
-        Family::ALL
-            .iter()
-            .map(|f| std::env::var(f.var()).ok())
-            .collect()
-    });
-    let ix = Family::ALL.iter().position(|f| *f == family).unwrap_or(0);
-    Setting::parse(values.get(ix).and_then(|v| v.as_deref()))
+    static VALUES: OnceLock<[Option<String>; 5]> = OnceLock::new();
+    let values = VALUES.get_or_init(|| Family::ALL.map(|f| std::env::var(f.var()).ok()));
+    // `Family::ALL` lists the families in declaration order.
+    Setting::parse(values[family as usize].as_deref())
 }
 
 /// A kernel family's builds.
@@ -155,6 +150,51 @@ pub trait KernelPath: Copy + PartialEq + Debug + 'static {
             .unwrap_or(Self::ALL[Self::ALL.len() - 1])
     }
 }
+
+/// Writes an x86-only kernel family's `Path` enum (its SIMD builds,
+/// fastest first, each present on x86-64 only, then `Portable` on every
+/// target), its [`KernelPath`] impl, and its `path()`, decided once per
+/// process: `x86_paths!(Gelu: Avx512 "avx512" if avx512f, Avx2 "avx2" if avx2)`.
+macro_rules! x86_paths {
+    ($family:ident: $($variant:ident $name:literal if $feature:ident),+) => {
+        /// The builds of this kernel, fastest first (see [`crate::cpu`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Path {
+            $(#[cfg(target_arch = "x86_64")] $variant,)+
+            Portable,
+        }
+
+        impl $crate::cpu::KernelPath for Path {
+            const FAMILY: $crate::cpu::Family = $crate::cpu::Family::$family;
+            const ALL: &'static [Path] = &[
+                $(#[cfg(target_arch = "x86_64")] Path::$variant,)+
+                Path::Portable,
+            ];
+
+            fn name(self) -> &'static str {
+                match self {
+                    $(#[cfg(target_arch = "x86_64")] Path::$variant => $name,)+
+                    Path::Portable => "portable",
+                }
+            }
+
+            fn available(self) -> bool {
+                match self {
+                    $(#[cfg(target_arch = "x86_64")]
+                    Path::$variant => $crate::cpu::features().$feature,)+
+                    Path::Portable => true,
+                }
+            }
+        }
+
+        /// The path this kernel runs on (decided once per process).
+        pub fn path() -> Path {
+            static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+            *PATH.get_or_init($crate::cpu::kernel_path::<Path>)
+        }
+    };
+}
+pub(crate) use x86_paths;
 
 /// Applies `setting` to a family: `None` for `off`, the named path if this
 /// CPU has it, else `auto()` (a name this CPU lacks is logged).

@@ -71,52 +71,7 @@ unsafe fn gelu_avx2(xs: &mut [f32], erf: &dyn ElementWise<f32>) -> TractResult<(
     blocks(xs, erf)
 }
 
-/// The builds of this kernel, fastest first (see [`crate::cpu`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl crate::cpu::KernelPath for Path {
-    const FAMILY: crate::cpu::Family = crate::cpu::Family::Gelu;
-    const ALL: &'static [Path] = &[
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512,
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2,
-        Path::Portable,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => "avx512",
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => "avx2",
-            Path::Portable => "portable",
-        }
-    }
-
-    fn available(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => crate::cpu::features().avx512f,
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => crate::cpu::features().avx2,
-            Path::Portable => true,
-        }
-    }
-}
-
-/// The path this kernel runs on (decided once per process).
-pub fn path() -> Path {
-    static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
-    *PATH.get_or_init(crate::cpu::kernel_path::<Path>)
-}
+crate::cpu::x86_paths!(Gelu: Avx512 "avx512" if avx512f, Avx2 "avx2" if avx2);
 
 /// `GELU(x)` in place, exactly as tract's `GeluExact` on f32, on the
 /// fastest build this CPU has.
@@ -142,7 +97,7 @@ impl crate::op::Kernel for FastGelu {
     const VALIDATION: Validation = Validation::Rounding;
 
     fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        crate::op::eval_f32_in_place("EdgeBertGelu", inputs, |xs, _| gelu(xs))
+        crate::op::eval_f32_in_place(Self::NAME, inputs, |xs, _| gelu(xs))
     }
 }
 
@@ -161,7 +116,7 @@ impl TypedOp for FastGelu {
         inputs: &[&TypedFact],
         outputs: &[&TypedFact],
     ) -> TractResult<AxesMapping> {
-        crate::op::natural_axes(inputs, outputs)
+        AxesMapping::natural(inputs, outputs)
     }
 
     fn change_axes(

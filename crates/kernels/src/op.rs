@@ -2,10 +2,11 @@
 //! [`Kernel`] (its name, how tract may check it, what it runs) and
 //! `op_shell!` writes tract's `Op` and `EvalOp` around it. Each op keeps
 //! its own `TypedOp` (its output facts and which layout changes it lets
-//! through); the element-wise ones share [`natural_axes`].
+//! through; [`keeps_last_axis`] is the rule of the ops that work along the
+//! last axis).
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{bail, AxesMapping, Validation};
+use tract_onnx::tract_core::internal::{bail, AxisOp, Validation};
 
 /// What an edge-bert tract op supplies to the shell.
 pub trait Kernel {
@@ -53,11 +54,6 @@ macro_rules! op_shell {
 }
 pub(crate) use op_shell;
 
-/// The axes mapping of an op whose output has its input's shape.
-pub fn natural_axes(inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
-    AxesMapping::natural(inputs, outputs)
-}
-
 /// The eval of an op that rewrites its single f32 input in place (the
 /// softmax and GELU ops): `f` gets the values and the shape, and the
 /// tensor is the output (tract's buffer when the op holds the only
@@ -77,4 +73,15 @@ pub fn eval_f32_in_place(
         f(view.as_slice_mut::<f32>()?, &shape)?;
     }
     Ok(tvec!(t.into_tvalue()))
+}
+
+/// Whether `change` on a tensor of `rank` axes removes or inserts an axis
+/// before the last one, leaving the last axis last (what the ops that work
+/// along the last axis, the softmax and the fused matmul, accept).
+pub fn keeps_last_axis(change: &AxisOp, rank: usize) -> bool {
+    match change {
+        AxisOp::Rm(a) => *a + 1 < rank,
+        AxisOp::Add(a) => *a < rank,
+        _ => false,
+    }
 }

@@ -1062,7 +1062,7 @@ impl TypedOp for QMatMul {
             return Ok(None);
         }
         let rank = model.outlet_fact(node.inputs[0])?.rank();
-        let ok = crate::softmax::keeps_last_axis(change, rank);
+        let ok = crate::op::keeps_last_axis(change, rank);
         Ok(ok.then(|| AxisChangeConsequence {
             substitute_op: None,
             wire_changes: tvec![

@@ -117,44 +117,7 @@ unsafe fn rows_avx2(data: &mut [f32], len: usize) {
     }
 }
 
-/// The builds of this kernel, fastest first (see [`crate::cpu`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl crate::cpu::KernelPath for Path {
-    const FAMILY: crate::cpu::Family = crate::cpu::Family::Softmax;
-    const ALL: &'static [Path] = &[
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2,
-        Path::Portable,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => "avx2",
-            Path::Portable => "portable",
-        }
-    }
-
-    fn available(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => crate::cpu::features().avx2,
-            Path::Portable => true,
-        }
-    }
-}
-
-/// The path this kernel runs on (decided once per process).
-pub fn path() -> Path {
-    static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
-    *PATH.get_or_init(crate::cpu::kernel_path::<Path>)
-}
+crate::cpu::x86_paths!(Softmax: Avx2 "avx2" if avx2);
 
 /// Softmax of each row of `len` values of `data`, in place, on the fastest
 /// build this CPU has (every build gives the same bits).
@@ -179,7 +142,7 @@ impl crate::op::Kernel for FastSoftmax {
     const VALIDATION: Validation = Validation::Rounding;
 
     fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        crate::op::eval_f32_in_place("EdgeBertSoftmax", inputs, |xs, shape| {
+        crate::op::eval_f32_in_place(Self::NAME, inputs, |xs, shape| {
             rows(xs, shape.last().copied().unwrap_or(0));
             Ok(())
         })
@@ -203,7 +166,7 @@ impl TypedOp for FastSoftmax {
         inputs: &[&TypedFact],
         outputs: &[&TypedFact],
     ) -> TractResult<AxesMapping> {
-        crate::op::natural_axes(inputs, outputs)
+        AxesMapping::natural(inputs, outputs)
     }
 
     fn change_axes(
@@ -215,22 +178,11 @@ impl TypedOp for FastSoftmax {
     ) -> TractResult<Option<AxisChangeConsequence>> {
         // Fine as long as the softmax axis stays the last one.
         let rank = model.outlet_fact(node.inputs[0])?.rank();
-        Ok(keeps_last_axis(change, rank)
+        Ok(crate::op::keeps_last_axis(change, rank)
             .then(|| AxisChangeConsequence::new(model, node, None, change)))
     }
 
     as_op!();
-}
-
-/// Whether `change` on a tensor of `rank` axes removes or inserts an axis
-/// before the last one, leaving the last axis last (what the ops that work
-/// along the last axis, this one and `qmatmul`'s, accept).
-pub(crate) fn keeps_last_axis(change: &AxisOp, rank: usize) -> bool {
-    match change {
-        AxisOp::Rm(a) => *a + 1 < rank,
-        AxisOp::Add(a) => *a < rank,
-        _ => false,
-    }
 }
 
 /// Replaces tract's f32 `Softmax` over the last axis with [`FastSoftmax`]
