@@ -118,15 +118,16 @@ impl Texts {
             return Err((ErrorCode::MissingText, "must be a string"));
         }
         let start = self.buf.len();
-        let ok = unescape_append(raw, &mut self.buf);
-        let blank = self.buf[start.min(self.buf.len())..].trim().is_empty();
-        if ok.is_err() {
+        let refused = match unescape_append(raw, &mut self.buf) {
+            Err(InvalidString) => Some((ErrorCode::MalformedJson, "has an invalid escape")),
+            Ok(()) if self.buf[start..].trim().is_empty() => {
+                Some((ErrorCode::EmptyText, "is empty"))
+            }
+            Ok(()) => None,
+        };
+        if let Some(refusal) = refused {
             self.buf.truncate(start);
-            return Err((ErrorCode::MalformedJson, "has an invalid escape"));
-        }
-        if blank {
-            self.buf.truncate(start);
-            return Err((ErrorCode::EmptyText, "is empty"));
+            return Err(refusal);
         }
         // At most MAX_TEXTS texts reach here (the array was read into a
         // MAX_TEXTS-slot vector first).
