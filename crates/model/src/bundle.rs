@@ -233,26 +233,35 @@ pub mod write {
         }
     }
 
-    /// Writes a bundle directory `dir`: `files` and a `manifest.json` made
-    /// from `base` by [`manifest_for`]. It is written into a temporary
-    /// sibling directory first and renamed into place, so `dir` is either
-    /// the old bundle or the whole new one (an existing `dir` is replaced).
-    /// Returns the manifest written.
-    pub fn write_dir(dir: &Path, base: &Manifest, files: &[(&str, &[u8])]) -> Result<Manifest> {
-        let manifest = manifest_for(base, files);
-        manifest.validate().map_err(|reason| Error::Manifest {
+    /// Writes a bundle directory `dir`: `files` and `manifest`, which
+    /// [`manifest_for`] made from the same files (each listed file must be
+    /// among them with its size; the sums are not computed again: the
+    /// caller reloads the bundle, which checks them). It is written into a
+    /// temporary sibling directory first and renamed into place, so `dir`
+    /// is either the old bundle or the whole new one (an existing `dir` is
+    /// replaced).
+    pub fn write_dir(dir: &Path, manifest: &Manifest, files: &[(&str, &[u8])]) -> Result<()> {
+        let bad = |reason: String| Error::Manifest {
             path: dir.join("manifest.json"),
             reason,
-        })?;
+        };
+        manifest.validate().map_err(bad)?;
+        for entry in &manifest.files {
+            let found = files.iter().find(|(path, _)| *path == entry.path);
+            if found.map(|(_, bytes)| bytes.len() as u64) != Some(entry.bytes) {
+                return Err(bad(format!(
+                    "{} is not among the files written with its {} bytes",
+                    entry.path, entry.bytes
+                )));
+            }
+        }
         let name = dir
             .file_name()
             .ok_or_else(|| Error::InvalidArgument(format!("{} has no file name", dir.display())))?;
-        let parent = dir.parent().unwrap_or(Path::new("."));
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let tmp = parent.join(format!(
             ".{}.tmp-{}",
             name.to_string_lossy(),
@@ -266,7 +275,7 @@ pub mod write {
             for (path, bytes) in files {
                 std::fs::write(tmp.join(path), bytes)?;
             }
-            let json = serde_json::to_string_pretty(&manifest).map_err(std::io::Error::other)?;
+            let json = serde_json::to_string_pretty(manifest).map_err(std::io::Error::other)?;
             std::fs::write(tmp.join("manifest.json"), format!("{json}\n"))?;
             if dir.exists() {
                 std::fs::remove_dir_all(dir)?;
@@ -276,7 +285,6 @@ pub mod write {
         write().map_err(|e| {
             let _ = std::fs::remove_dir_all(&tmp);
             Error::io(dir, e)
-        })?;
-        Ok(manifest)
+        })
     }
 }
