@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use edge_bert::serve as server;
 use edge_bert_model::{Bundle, Classifier};
-use serde_json::json;
+use serde::Serialize;
 
-use super::{load_bundle, Failure, EXIT_DATA, EXIT_MODEL, EXIT_USAGE, START};
+use super::{emit, load_bundle, Failure, EXIT_DATA, EXIT_MODEL, EXIT_USAGE, START};
 
 /// The committed test split, the default texts for `bench`.
 const BENCH_TEXTS: &str = include_str!("../../models/sentiment-fp32/test.tsv");
@@ -165,66 +165,94 @@ fn bench(
         None
     };
     let peak = server::peak_rss_kib().max(peak_one);
-    let m = &manifest;
-    let report = json!({
-        "model": m.name,
-        "precision": m.precision,
-        "texts": texts.len(),
-        "tokens": tokens,
-        "cold_start_ms": cold * 1000.0,
-        "texts_per_second": one,
-        "tokens_per_second": tokens as f64 / secs,
-        "latency_ms_p50": quantile(&lat, 0.5),
-        "latency_ms_p99": quantile(&lat, 0.99),
-        "threads": threads,
-        "texts_per_second_threads": multi,
-        "scaling": multi.map(|t| t / one),
-        "peak_rss_kib_one_thread": peak_one,
-        "load_peak_rss_kib": load_peak,
-        "serving_peak_rss_kib": serving_peak,
-        "peak_rss_kib": peak,
-        "bundle_bytes": bundle_bytes,
-        "arch": std::env::consts::ARCH,
-    });
-    if json {
-        println!("{report}");
-        return Ok(());
+    let report = BenchReport {
+        model: manifest.name,
+        precision: manifest.precision,
+        texts: texts.len(),
+        tokens,
+        cold_start_ms: cold * 1000.0,
+        texts_per_second: one,
+        tokens_per_second: tokens as f64 / secs,
+        latency_ms_p50: quantile(&lat, 0.5),
+        latency_ms_p99: quantile(&lat, 0.99),
+        threads,
+        texts_per_second_threads: multi,
+        scaling: multi.map(|t| t / one),
+        peak_rss_kib_one_thread: peak_one,
+        load_peak_rss_kib: load_peak,
+        serving_peak_rss_kib: serving_peak,
+        peak_rss_kib: peak,
+        bundle_bytes,
+        arch: std::env::consts::ARCH,
+    };
+    emit(&report, json)
+}
+
+/// What `bench` reports; its `--json` line and its text both come from it.
+#[derive(Serialize)]
+struct BenchReport {
+    model: String,
+    precision: String,
+    texts: usize,
+    tokens: usize,
+    cold_start_ms: f64,
+    texts_per_second: f64,
+    tokens_per_second: f64,
+    latency_ms_p50: f64,
+    latency_ms_p99: f64,
+    threads: usize,
+    texts_per_second_threads: Option<f64>,
+    scaling: Option<f64>,
+    peak_rss_kib_one_thread: Option<u64>,
+    load_peak_rss_kib: Option<u64>,
+    serving_peak_rss_kib: Option<u64>,
+    peak_rss_kib: Option<u64>,
+    bundle_bytes: usize,
+    arch: &'static str,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "model       {} ({}), {} texts, {} tokens, {}",
+            self.model, self.precision, self.texts, self.tokens, self.arch
+        )?;
+        writeln!(
+            f,
+            "cold start  {:.0} ms (process start to first answer)",
+            self.cold_start_ms
+        )?;
+        writeln!(
+            f,
+            "1 thread    {:.1} texts/s, {:.0} tokens/s, latency p50 {:.2} ms, p99 {:.2} ms",
+            self.texts_per_second, self.tokens_per_second, self.latency_ms_p50, self.latency_ms_p99
+        )?;
+        if let (Some(t), Some(scaling)) = (self.texts_per_second_threads, self.scaling) {
+            writeln!(
+                f,
+                "{} threads   {t:.1} texts/s ({scaling:.2}x)",
+                self.threads
+            )?;
+        }
+        let ratio = |kib: u64| kib as f64 * 1024.0 / self.bundle_bytes as f64;
+        if let Some(kib) = self.peak_rss_kib_one_thread {
+            writeln!(
+                f,
+                "peak RSS    {:.1} MiB with one worker, loading included ({:.2}x the {:.1} MiB bundle)",
+                kib as f64 / 1024.0,
+                ratio(kib),
+                self.bundle_bytes as f64 / (1 << 20) as f64
+            )?;
+        }
+        if let Some(kib) = self.serving_peak_rss_kib {
+            writeln!(
+                f,
+                "serving     peak RSS {:.1} MiB after warm-up, over the run ({:.2}x the bundle)",
+                kib as f64 / 1024.0,
+                ratio(kib)
+            )?;
+        }
+        Ok(())
     }
-    println!(
-        "model       {} ({}), {} texts, {tokens} tokens, {}",
-        m.name,
-        m.precision,
-        texts.len(),
-        std::env::consts::ARCH
-    );
-    println!(
-        "cold start  {:.0} ms (process start to first answer)",
-        cold * 1000.0
-    );
-    println!(
-        "1 thread    {one:.1} texts/s, {:.0} tokens/s, latency p50 {:.2} ms, p99 {:.2} ms",
-        tokens as f64 / secs,
-        quantile(&lat, 0.5),
-        quantile(&lat, 0.99)
-    );
-    if let Some(t) = multi {
-        println!("{threads} threads   {t:.1} texts/s ({:.2}x)", t / one);
-    }
-    let ratio = |kib: u64| kib as f64 * 1024.0 / bundle_bytes as f64;
-    if let Some(kib) = peak_one {
-        println!(
-            "peak RSS    {:.1} MiB with one worker, loading included ({:.2}x the {:.1} MiB bundle)",
-            kib as f64 / 1024.0,
-            ratio(kib),
-            bundle_bytes as f64 / (1 << 20) as f64
-        );
-    }
-    if let Some(kib) = serving_peak {
-        println!(
-            "serving     peak RSS {:.1} MiB after warm-up, over the run ({:.2}x the bundle)",
-            kib as f64 / 1024.0,
-            ratio(kib)
-        );
-    }
-    Ok(())
 }

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use edge_bert_model::eval::{read_tsv, Confusion};
-use serde_json::json;
+use edge_bert_model::eval::{read_tsv, ClassMetrics, Confusion};
+use serde::Serialize;
 
-use super::{load, Failure, EXIT_DATA};
+use super::{emit, load, Failure, EXIT_DATA};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -89,62 +89,84 @@ fn eval(
 
     let n = examples.len() as u64;
     let secs = busy.as_secs_f64().max(1e-9);
-    let per_class = confusion.per_class(&labels);
-    let report = json!({
-        "model": clf.manifest().name,
-        "source": clf.source().to_string(),
-        "data": data.display().to_string(),
-        "examples": n,
-        "correct": confusion.correct(),
-        "accuracy": confusion.accuracy(),
-        "per_class": per_class,
-        "agreement": reference.as_ref().map(|_| agree as f64 / n as f64),
-        "reference": reference.as_ref().map(|r| r.manifest().name.clone()),
-        "tokens": tokens,
-        "truncated": truncated,
-        "seconds": secs,
-        "tokens_per_second": tokens as f64 / secs,
-        "texts_per_second": n as f64 / secs,
-    });
-    if json {
-        println!("{report}");
-    } else {
-        println!("model      {} ({})", clf.manifest().name, clf.source());
-        println!(
-            "data       {} ({n} examples, {truncated} truncated)",
-            data.display()
-        );
-        println!(
+    let report = EvalReport {
+        model: clf.manifest().name.clone(),
+        source: clf.source().to_string(),
+        data: data.display().to_string(),
+        examples: n,
+        correct: confusion.correct(),
+        accuracy: confusion.accuracy(),
+        per_class: confusion.per_class(&labels),
+        agreement: reference.as_ref().map(|_| agree as f64 / n as f64),
+        reference: reference.as_ref().map(|r| r.manifest().name.clone()),
+        tokens,
+        truncated,
+        seconds: secs,
+        tokens_per_second: tokens as f64 / secs,
+        texts_per_second: n as f64 / secs,
+    };
+    emit(&report, json)
+}
+
+/// What `eval` reports; its `--json` line and its text both come from it.
+#[derive(Serialize)]
+struct EvalReport {
+    model: String,
+    source: String,
+    data: String,
+    examples: u64,
+    correct: u64,
+    accuracy: f64,
+    per_class: Vec<ClassMetrics>,
+    /// Share of texts on which the reference bundle gave the same label.
+    agreement: Option<f64>,
+    reference: Option<String>,
+    tokens: u64,
+    truncated: u64,
+    seconds: f64,
+    tokens_per_second: f64,
+    texts_per_second: f64,
+}
+
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.examples;
+        writeln!(f, "model      {} ({})", self.model, self.source)?;
+        writeln!(
+            f,
+            "data       {} ({n} examples, {} truncated)",
+            self.data, self.truncated
+        )?;
+        writeln!(
+            f,
             "accuracy   {:.2}% ({}/{n})",
-            100.0 * confusion.accuracy(),
-            confusion.correct()
-        );
-        for m in &per_class {
-            println!(
+            100.0 * self.accuracy,
+            self.correct
+        )?;
+        for m in &self.per_class {
+            writeln!(
+                f,
                 "  {:<12} precision {:.2}%  recall {:.2}%  support {}",
                 m.label,
                 100.0 * m.precision,
                 100.0 * m.recall,
                 m.support
-            );
+            )?;
         }
-        if let Some(r) = &reference {
-            println!(
-                "agreement  {:.2}% with {}",
-                100.0 * agree as f64 / n as f64,
-                r.manifest().name
-            );
+        if let (Some(agreement), Some(name)) = (self.agreement, &self.reference) {
+            writeln!(f, "agreement  {:.2}% with {name}", 100.0 * agreement)?;
         }
-        println!(
-            "speed      {:.0} tokens/s, {:.1} texts/s ({secs:.2} s in the model path{})",
-            tokens as f64 / secs,
-            n as f64 / secs,
-            if reference.is_some() {
+        writeln!(
+            f,
+            "speed      {:.0} tokens/s, {:.1} texts/s ({:.2} s in the model path{})",
+            self.tokens_per_second,
+            self.texts_per_second,
+            self.seconds,
+            if self.reference.is_some() {
                 ", reference excluded"
             } else {
                 ""
             }
-        );
+        )
     }
-    Ok(())
 }

@@ -24,6 +24,22 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_MODEL: u8 = 3;
 pub const EXIT_DATA: u8 = 4;
 
+/// Prints a subcommand's report: one struct gives both forms, its JSON
+/// (`--json`, one line, keys sorted) and its text (`Display`).
+pub fn emit<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> Result<(), Failure> {
+    if json {
+        let value = serde_json::to_value(report)
+            .map_err(|e| Failure::new(EXIT_INPUT, format!("report: {e}")))?;
+        println!("{value}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
 /// A failure with the exit code it maps to.
 pub struct Failure {
     pub code: u8,

@@ -37,7 +37,7 @@ impl ModelFormat {
 }
 
 /// One matrix product of the model and the element types it multiplies.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MatmulInfo {
     pub node: String,
     pub op: String,
