@@ -16,22 +16,22 @@
 //! - [`qmatmul`]: the fused int8 matmul (quantise, multiply, dequantise,
 //!   add the bias), AMX/VNNI/AVX2/SDOT/NEON/portable; fused into the ONNX
 //!   graph.
-//! - [`softmax`]: softmax over the last axis (polynomial `exp`, same bits
+//! - `softmax`: softmax over the last axis (polynomial `exp`, same bits
 //!   on every build).
-//! - [`gelu`]: tract's exact GELU with its element-wise passes vectorised
+//! - `gelu`: tract's exact GELU with its element-wise passes vectorised
 //!   (same bits as tract's op).
-//! - [`attention`]: BERT's self-attention block as one op, fused into the
+//! - `attention`: BERT's self-attention block as one op, fused into the
 //!   ONNX graph.
 //! - [`install`]: the entry point: fuse into the ONNX graph, then swap
 //!   into the typed model.
 
-pub mod attention;
+mod attention;
 pub mod cpu;
 pub mod dynquant;
-pub mod gelu;
+mod gelu;
 mod op;
 pub mod qmatmul;
-pub mod softmax;
+mod softmax;
 
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
@@ -46,13 +46,13 @@ pub struct Installed {
     /// Quantised linear layers fused into [`qmatmul`]'s op (0 when the
     /// family is not chosen on this CPU).
     pub qmatmuls: usize,
-    /// Self-attention blocks fused into [`attention`]'s op.
+    /// Self-attention blocks fused into the `attention` op.
     pub attentions: usize,
     /// `DynamicQuantizeLinear` ops swapped for [`dynquant`]'s.
     pub dynquants: usize,
-    /// Softmax ops swapped for [`softmax`]'s.
+    /// Softmax ops swapped for the `softmax` op.
     pub softmaxes: usize,
-    /// GELU ops swapped for [`gelu`]'s.
+    /// GELU ops swapped for the `gelu` op.
     pub gelus: usize,
 }
 

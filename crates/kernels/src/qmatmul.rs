@@ -60,7 +60,7 @@
 //!   `smlal`, exact.
 //! - `Portable`: the scalar loop, for every other target.
 //!
-//! Every path is tested bit-exact against the definition ([`reference`]),
+//! Every path is tested bit-exact against the definition ([`reference`](fn@reference)),
 //! with property tests; the aarch64 paths run under qemu in `cross/`.
 //!
 //! # When it is used

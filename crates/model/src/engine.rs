@@ -60,7 +60,7 @@ pub struct ModelStats {
     /// every plan).
     pub fused_weight_bytes: usize,
     /// Bytes of weight buffers (packed matrices, large constants) the built
-    /// plans hold, each counted once ([`crate::weights::WeightPool`]).
+    /// plans hold, each counted once (`weights::WeightPool`).
     pub weight_bytes: usize,
     /// Bytes of duplicate weight buffers freed because a plan shares them
     /// with an earlier one.

@@ -23,7 +23,7 @@
 //!
 //! From the bottom up:
 //!
-//! - [`error`]: the crate's [`Error`] type.
+//! - `error`: the crate's [`Error`] type.
 //! - [`manifest`]: the bundle manifest, parsed and validated (pure).
 //! - [`memory`]: `/proc` maps parsing and handing start-up memory back
 //!   (loader pages, freed heap, a static model's pages).
@@ -41,21 +41,21 @@
 //! - `weights`: one copy of each weight across the bucket plans.
 //! - [`engine`]: tract plans and states, one per length bucket, with the
 //!   kernels installed.
-//! - [`postprocess`]: softmax and arg-max over logits (pure).
-//! - [`classifier`]: text in, [`Classification`] out.
+//! - `postprocess`: softmax and arg-max over logits (pure).
+//! - `classifier`: text in, [`Classification`] out.
 //! - [`eval`]: labelled TSV files and accuracy metrics (pure, but for
 //!   `read_tsv`).
 
 pub mod alloc_probe;
 pub mod bundle;
-pub mod classifier;
+mod classifier;
 pub mod embedded;
 pub mod engine;
-pub mod error;
+mod error;
 pub mod eval;
 pub mod manifest;
 pub mod memory;
-pub mod postprocess;
+mod postprocess;
 pub mod rows;
 pub mod tokenize;
 mod weights;

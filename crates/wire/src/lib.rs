@@ -11,7 +11,7 @@
 //! # Layout
 //!
 //! - [`code`]: [`ErrorCode`], every error code the server sends.
-//! - [`line`]: [`LineReader`], `\n`-terminated lines into a fixed buffer.
+//! - [`line`](mod@line): [`LineReader`], `\n`-terminated lines into a fixed buffer.
 //! - [`request`]: the request decoder and the JSON-string unescaper; texts
 //!   are unescaped once, into [`Texts`].
 //! - [`response`]: the server's response encoders and the client's decoder
