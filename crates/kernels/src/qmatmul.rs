@@ -171,11 +171,18 @@ thread_local! {
 /// built inside `f` fuse with that path, or not at all with `None`); a
 /// path this CPU lacks counts as `None`. For tests and benchmarks that
 /// compare paths in one process.
+/// The previous choice is restored even when `f` panics.
 pub fn with_choice<T>(choice: Option<Path>, f: impl FnOnce() -> T) -> T {
-    let before = OVERRIDE.replace(Some(choice.filter(|p| p.available())));
-    let out = f();
-    OVERRIDE.set(before);
-    out
+    /// Puts the thread's previous choice back when dropped (also while
+    /// unwinding).
+    struct Restore(Option<Option<Path>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.set(self.0);
+        }
+    }
+    let _restore = Restore(OVERRIDE.replace(Some(choice.filter(|p| p.available()))));
+    f()
 }
 
 /// The path the engine fuses with, or `None` to leave tract's matmuls in
@@ -1464,6 +1471,25 @@ mod tests {
             Some(Path::Portable)
         );
         assert_eq!(with_choice(None, chosen), None);
+    }
+
+    #[test]
+    fn with_choice_restores_the_choice_after_a_panic() {
+        let before = chosen();
+        let panicked = std::panic::catch_unwind(|| {
+            with_choice(Some(Path::Portable), || {
+                assert_eq!(chosen(), Some(Path::Portable));
+                panic!("inside with_choice")
+            })
+        });
+        assert!(panicked.is_err());
+        assert_eq!(chosen(), before);
+        // Nested choices unwind one level at a time.
+        with_choice(None, || {
+            let _ = std::panic::catch_unwind(|| with_choice(Some(Path::Portable), || panic!()));
+            assert_eq!(chosen(), None);
+        });
+        assert_eq!(chosen(), before);
     }
 
     fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
