@@ -58,7 +58,7 @@ impl Bundle {
             });
         }
         let manifest_path = dir.join("manifest.json");
-        let text = read_file(&manifest_path)?;
+        let text = read_file(&manifest_path, MAX_MANIFEST_BYTES)?;
         let text = String::from_utf8(text).map_err(|_| Error::Manifest {
             path: manifest_path.clone(),
             reason: "not valid UTF-8".into(),
@@ -70,7 +70,8 @@ impl Bundle {
         let model_path = dir.join(&manifest.model);
         // Read through a handle that is kept: the rows the engine later
         // reads from it are from the very file that was hashed.
-        let (model_bytes, model_file) = read_kept(&model_path)?;
+        let expected = listed(dir, &manifest, &manifest.model)?.bytes;
+        let (model_bytes, model_file) = read_kept(&model_path, expected)?;
         let check = ModelCheck {
             dir: dir.to_path_buf(),
             manifest: manifest.clone(),
@@ -139,36 +140,119 @@ fn file_error(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| file_error(path, e))
+/// The longest `manifest.json` read (real ones are about 1 KiB).
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Opens a file that must be a regular file of at most `limit` bytes
+/// (exactly `limit` when `exact`), before reading a byte of it: a FIFO,
+/// a device such as `/dev/zero` or a directory is refused at once, never
+/// read (which could wait forever or fill the memory). The file is
+/// opened non-blocking, so not even a FIFO without a writer can hold the
+/// open; its type is then read from the open handle (no race with a swap).
+fn open_regular(path: &Path, limit: u64, exact: bool) -> Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| file_error(path, e))?;
+    let meta = file.metadata().map_err(|e| file_error(path, e))?;
+    let t = meta.file_type();
+    if !t.is_file() {
+        let kind = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{kind}, not a regular file; not read"),
+            ),
+        ));
+    }
+    let len = meta.len();
+    if exact && len != limit {
+        return Err(Error::SizeMismatch {
+            path: path.to_path_buf(),
+            expected: limit,
+            actual: len,
+        });
+    }
+    if len > limit {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{len} bytes, over the {limit}-byte limit; not read"),
+            ),
+        ));
+    }
+    Ok((file, len))
 }
 
-/// Reads a whole file and keeps its handle open.
-fn read_kept(path: &Path) -> Result<(Vec<u8>, std::sync::Arc<std::fs::File>)> {
+/// Reads a whole regular file of at most `limit` bytes.
+fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    read_open(path, open_regular(path, limit, false)?)
+}
+
+/// Reads what [`open_regular`] opened, never more than it said the file
+/// holds (plus one byte, to see a file that grew).
+fn read_open(path: &Path, (file, len): (std::fs::File, u64)) -> Result<Vec<u8>> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| file_error(path, e))?;
     let mut bytes = Vec::new();
-    if let Some(len) = file
-        .metadata()
-        .ok()
-        .and_then(|m| usize::try_from(m.len()).ok())
-    {
-        bytes.try_reserve_exact(len).map_err(|e| {
+    bytes
+        .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+        .map_err(|e| {
             Error::io(
                 path,
                 std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
             )
         })?;
-    }
-    file.read_to_end(&mut bytes)
+    (&file)
+        .take(len + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| file_error(path, e))?;
-    Ok((bytes, std::sync::Arc::new(file)))
+    Ok(bytes)
+}
+
+/// Reads a whole regular file of exactly `expected` bytes and keeps its
+/// handle open.
+fn read_kept(path: &Path, expected: u64) -> Result<(Vec<u8>, std::sync::Arc<std::fs::File>)> {
+    let (file, len) = open_regular(path, expected, true)?;
+    let file = std::sync::Arc::new(file);
+    let bytes = read_open(
+        path,
+        (file.try_clone().map_err(|e| file_error(path, e))?, len),
+    )?;
+    Ok((bytes, file))
 }
 
 fn read_verified(dir: &Path, manifest: &Manifest, name: &str) -> Result<Vec<u8>> {
-    let bytes = read_file(&dir.join(name))?;
+    let path = dir.join(name);
+    let expected = listed(dir, manifest, name)?.bytes;
+    let bytes = read_open(&path, open_regular(&path, expected, true)?)?;
     verify(dir, manifest, name, &bytes)?;
     Ok(bytes)
+}
+
+/// The manifest entry for `name`.
+fn listed<'m>(
+    dir: &Path,
+    manifest: &'m Manifest,
+    name: &str,
+) -> Result<&'m crate::manifest::FileEntry> {
+    manifest.file(name).ok_or_else(|| Error::Manifest {
+        path: dir.join("manifest.json"),
+        reason: format!("{name} is not listed in files"),
+    })
 }
 
 /// Checks the size of `bytes` against the manifest entry for `name`.
@@ -178,10 +262,7 @@ fn check_size<'m>(
     name: &str,
     bytes: &[u8],
 ) -> Result<&'m crate::manifest::FileEntry> {
-    let entry = manifest.file(name).ok_or_else(|| Error::Manifest {
-        path: dir.join("manifest.json"),
-        reason: format!("{name} is not listed in files"),
-    })?;
+    let entry = listed(dir, manifest, name)?;
     if entry.bytes != bytes.len() as u64 {
         return Err(Error::SizeMismatch {
             path: dir.join(name),

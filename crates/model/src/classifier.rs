@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use std::path::PathBuf;
+
 use crate::bundle::Bundle;
 use crate::engine::{DecodedModel, Engine, ModelFormat};
 use crate::error::{Error, Result};
@@ -166,6 +168,18 @@ impl Classifier {
             )));
         }
         let tokenizer = TextTokenizer::from_bytes(&bundle.tokenizer_bytes, m.max_seq_len)?;
+        let outputs = decoded.output_names();
+        if !outputs.iter().any(|o| *o == m.output) {
+            return Err(Error::Manifest {
+                path: PathBuf::from(bundle.source.to_string()).join("manifest.json"),
+                reason: format!(
+                    "output {:?} is not an output of {} (it has: {})",
+                    m.output,
+                    m.model,
+                    outputs.join(", ")
+                ),
+            });
+        }
         let engine = Engine::from_decoded(
             decoded,
             &buckets,

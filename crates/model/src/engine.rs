@@ -139,6 +139,18 @@ pub enum DecodedModel {
     },
 }
 
+impl DecodedModel {
+    /// The names of the graph's outputs, in order.
+    pub fn output_names(&self) -> Vec<&str> {
+        let DecodedModel::Onnx { proto, .. } = self;
+        proto
+            .graph
+            .iter()
+            .flat_map(|g| g.output.iter().map(|o| o.name.as_str()))
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for DecodedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DecodedModel::Onnx")
