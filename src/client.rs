@@ -97,8 +97,26 @@ pub fn parse_classification(v: &Value, id: u64) -> Result<Classification> {
     }
 }
 
-/// How often the serial client sends a request before giving up.
+/// How often the serial client sends a request that timed out or got a
+/// damaged reply before giving up.
 const SERIAL_ATTEMPTS: usize = 4;
+/// Most frames sent for one request in all (a `corrupt` reply with no id
+/// may answer someone else's damaged frame, so it does not use up an
+/// attempt, but it cannot make the client send for ever).
+const SERIAL_MAX_SENDS: usize = 16;
+/// On opening, the port must be quiet this long (stale bytes are dropped
+/// meanwhile) before the client speaks, for at most `SERIAL_SETTLE_MAX`.
+const SERIAL_QUIET: std::time::Duration = std::time::Duration::from_millis(150);
+const SERIAL_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Why a serial request is sent again.
+enum Resend {
+    /// No reply in time, or a damaged one: uses up an attempt.
+    Failed(String),
+    /// A `corrupt` reply with no id: perhaps to our frame, perhaps to
+    /// noise that came before it.
+    Corrupt,
+}
 
 /// The host side of `edge-bert classify --serial`: every frame it sends is
 /// checked (`*XXXXXXXX`, see `edge_bert_wire::frame`), every reply's check is
@@ -114,13 +132,20 @@ pub struct SerialClient {
 impl SerialClient {
     /// Opens the port and says hello (`{"op":"health"}`), which also puts
     /// the server's end of the link into checked mode.
+    ///
+    /// Whatever is waiting on the port is dropped first, and the client
+    /// waits for the line to go quiet: replies the server sent to line
+    /// noise or to an earlier client are never read as ours. Ids start at
+    /// a number unique to this client, so a late reply to another client's
+    /// frame cannot match one of ours either.
     pub fn open(path: &Path, baud: u32, timeout: std::time::Duration) -> Result<SerialClient> {
-        let port = Port::open(path, baud)?;
+        let mut port = Port::open(path, baud)?;
+        settle(&mut port).map_err(|e| Error::io(path, e))?;
         let write = port.try_clone().map_err(|e| Error::io(path, e))?;
         let mut c = SerialClient {
             reader: LineReader::new(port, 1 << 20),
             write,
-            next_id: 0,
+            next_id: first_id(),
             timeout,
             path: path.to_path_buf(),
         };
@@ -144,8 +169,12 @@ impl SerialClient {
         frame::seal(&mut frame);
         frame.push(b'\n');
         let mut last = "no reply".to_string();
-        for attempt in 0..SERIAL_ATTEMPTS {
-            if attempt > 0 {
+        let mut failed = 0;
+        for sent in 0..SERIAL_MAX_SENDS {
+            if failed == SERIAL_ATTEMPTS {
+                break;
+            }
+            if sent > 0 {
                 log::info!("serial: resending request {id} ({last})");
             }
             // The leading newline ends any noise the server holds, so our
@@ -157,27 +186,32 @@ impl SerialClient {
                 .map_err(|e| Error::io(&self.path, e))?;
             match self.await_reply(&id)? {
                 Ok(v) => return Ok(v),
-                Err(why) => last = why,
+                Err(Resend::Failed(why)) => {
+                    failed += 1;
+                    last = why;
+                }
+                Err(Resend::Corrupt) => last = "the server got a damaged frame".into(),
             }
         }
         Err(Error::Remote {
             code: "corrupt".into(),
             message: format!(
-                "no good reply from {} after {SERIAL_ATTEMPTS} attempts ({last})",
+                "no good reply from {} after {failed} failed attempts ({last})",
                 self.path.display()
             ),
         })
     }
 
-    /// Waits for the reply carrying `id`. `Ok(Err(why))` means: send again.
-    fn await_reply(&mut self, id: &Value) -> Result<std::result::Result<Value, String>> {
+    /// Waits for the reply carrying `id`, skipping every other reply.
+    /// `Ok(Err(_))` means: send again.
+    fn await_reply(&mut self, id: &Value) -> Result<std::result::Result<Value, Resend>> {
         let deadline = std::time::Instant::now() + self.timeout;
         loop {
             let line = match self.reader.next_line() {
                 Ok(l) => l,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if std::time::Instant::now() >= deadline {
-                        return Ok(Err("timed out".into()));
+                        return Ok(Err(Resend::Failed("timed out".into())));
                     }
                     continue;
                 }
@@ -193,12 +227,12 @@ impl SerialClient {
                     Frame::Checked(body) => body,
                     // A damaged reply: ours or not, ask again.
                     Frame::Corrupt { .. } | Frame::Plain(_) => {
-                        return Ok(Err("damaged reply".into()))
+                        return Ok(Err(Resend::Failed("damaged reply".into())))
                     }
                 },
             };
             let Ok(v) = serde_json::from_slice::<Value>(body) else {
-                return Ok(Err("unreadable reply".into()));
+                return Ok(Err(Resend::Failed("unreadable reply".into())));
             };
             if &v["id"] == id {
                 return Ok(Ok(v));
@@ -206,7 +240,7 @@ impl SerialClient {
             // The server saw a damaged frame: if it was ours, send it again
             // (a duplicate answer is skipped by its id).
             if v["id"].is_null() && v["error"]["code"] == "corrupt" {
-                return Ok(Err("the server got a damaged frame".into()));
+                return Ok(Err(Resend::Corrupt));
             }
             // Anything else answers an earlier frame: skip it.
         }
@@ -217,4 +251,42 @@ impl SerialClient {
         let v = self.request(json!({ "text": text }))?;
         parse_classification(&v, self.next_id)
     }
+}
+
+/// Drops what is waiting on a freshly opened port, then reads and drops
+/// until it has been quiet for [`SERIAL_QUIET`] (at most
+/// [`SERIAL_SETTLE_MAX`]): the server may still be answering noise.
+fn settle(port: &mut Port) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::time::Instant;
+    port.discard_input()?;
+    let started = Instant::now();
+    let mut quiet_since = Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut dropped = 0usize;
+    while quiet_since.elapsed() < SERIAL_QUIET && started.elapsed() < SERIAL_SETTLE_MAX {
+        match port.read(&mut buf) {
+            Ok(n) => {
+                dropped += n;
+                quiet_since = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if dropped > 0 {
+        log::info!("serial: dropped {dropped} stale bytes before the first request");
+    }
+    Ok(())
+}
+
+/// The first request id of a serial client: from its process id and the
+/// clock, so two clients one after another (or a late reply to a frame
+/// sent before this one opened the port) do not share ids. Stays below
+/// 2^53, exact in any JSON reader.
+fn first_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    ((std::process::id() as u64 & 0xfffff) << 30 | (nanos & 0x3fff_ffff)) & ((1 << 50) - 1)
 }

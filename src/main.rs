@@ -4,7 +4,8 @@
 //!
 //! Exit codes: 0 success; 1 some input could not be classified (empty text,
 //! invalid UTF-8) or a run-time error; 2 bad command-line usage; 3 the model
-//! bundle could not be loaded; 4 the data file is unreadable or malformed.
+//! bundle could not be loaded; 4 the data file is unreadable or malformed;
+//! 5 the server could not be reached.
 
 use std::process::ExitCode;
 
@@ -22,7 +23,7 @@ mod cli;
         printf 'dull\\nbrilliant\\n' | edge-bert classify --json\n  \
         edge-bert eval --model models/sentiment-fp32 --data models/sentiment-fp32/test.tsv\n  \
         edge-bert info --model models/tiny\n\n\
-        Exit codes: 0 ok, 1 bad input text or run-time error, 2 usage, 3 model bundle error, 4 data file error.\n\
+        Exit codes: 0 ok, 1 bad input text or run-time error, 2 usage, 3 model bundle error, 4 data file error, 5 server unreachable.\n\
         Logging: RUST_LOG=info (or -v) for more detail on stderr."
 )]
 struct Cli {

@@ -66,6 +66,13 @@ impl Port {
         })
     }
 
+    /// Drops whatever has arrived on the port and not been read yet
+    /// (tcflush TCIFLUSH): replies to frames that were sent before this
+    /// client, line noise.
+    pub fn discard_input(&self) -> io::Result<()> {
+        termios::tcflush(&self.file, termios::QueueSelector::IFlush).map_err(io::Error::from)
+    }
+
     /// A second handle on the same port (one reads, one writes).
     pub fn try_clone(&self) -> io::Result<Port> {
         Ok(Port {

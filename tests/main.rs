@@ -11,6 +11,8 @@ mod cli;
 mod deploy;
 #[path = "it/golden.rs"]
 mod golden;
+#[path = "it/reliability.rs"]
+mod reliability;
 #[path = "it/serial.rs"]
 mod serial;
 #[path = "it/serve.rs"]

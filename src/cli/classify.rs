@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use edge_bert::client::{Client, SerialClient};
 use edge_bert_model::{Classification, Classifier, Error};
 
-use super::{load_with, Failure, EXIT_INPUT, EXIT_MODEL, EXIT_USAGE};
+use super::{load_with, Failure, EXIT_CONNECT, EXIT_INPUT, EXIT_USAGE};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -62,20 +62,34 @@ fn open_backend(
         }
         return SerialClient::open(&dev, baud, SERIAL_TIMEOUT)
             .map(Backend::Serial)
-            .map_err(|e| Failure::new(EXIT_MODEL, e.to_string()));
+            .map_err(|e| unreachable_server(&format!("on serial port {}", dev.display()), e));
     }
     let remote = match (socket, tcp) {
-        (Some(p), _) => Client::unix(&p),
-        (None, Some(a)) => Client::tcp(&a),
+        (Some(p), _) => Client::unix(&p)
+            .map_err(|e| unreachable_server(&format!("on unix socket {}", p.display()), e)),
+        (None, Some(a)) => {
+            Client::tcp(&a).map_err(|e| unreachable_server(&format!("at tcp {a}"), e))
+        }
         // In-process: build each bucket's plan when a text first needs it,
         // so a one-shot classify answers after one plan, not all of them.
         (None, None) => {
             return load_with(model, buckets, true).map(|c| Backend::Local(Box::new(c)))
         }
     };
-    remote
-        .map(Backend::Remote)
-        .map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))
+    remote.map(Backend::Remote)
+}
+
+/// The failure for a server that could not be reached (exit 5): which
+/// server, and why.
+fn unreachable_server(what: &str, e: Error) -> Failure {
+    let why = match e {
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    };
+    Failure::new(
+        EXIT_CONNECT,
+        format!("cannot reach the server {what}: {why}"),
+    )
 }
 
 /// Where `classify` gets its answers.

@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 success; 1 some input could not be classified (empty text,
 //! invalid UTF-8) or a run-time error; 2 bad command-line usage; 3 the model
-//! bundle could not be loaded; 4 the data file is unreadable or malformed.
+//! bundle could not be loaded; 4 the data file is unreadable or malformed;
+//! 5 the server (`--socket`, `--tcp`, `--serial`) could not be reached.
 
 use std::path::Path;
 use std::time::Instant;
@@ -23,6 +24,7 @@ pub const EXIT_INPUT: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_MODEL: u8 = 3;
 pub const EXIT_DATA: u8 = 4;
+pub const EXIT_CONNECT: u8 = 5;
 
 /// Prints a subcommand's report: one struct gives both forms, its JSON
 /// (`--json`, one line, keys sorted) and its text (`Display`).

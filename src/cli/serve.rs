@@ -2,7 +2,6 @@
 //! start-up memory handed back, then `edge_bert::serve`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use edge_bert::serve as server;
@@ -25,19 +24,20 @@ pub struct Args {
     /// Allow --tcp on a non-loopback address (logs a warning).
     #[arg(long)]
     pub allow_non_loopback: bool,
-    /// Longest request line in bytes; longer lines get a too_long error.
+    /// Longest request line in bytes (32..=1048576); longer lines get a too_long error.
     #[arg(long, default_value_t = 16384, value_name = "N")]
     pub max_text_bytes: usize,
-    /// Most connections served at once; more get too_many_clients.
+    /// Most connections served at once (1..=4096); more get too_many_clients.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub max_clients: usize,
-    /// Requests waiting for the worker; beyond that a request gets busy.
+    /// Requests waiting for the worker (1..=65536); beyond that a request gets busy.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub queue: usize,
-    /// Close a connection that sends nothing for this long.
+    /// Close a connection that sends nothing for this long (1..=604800).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub idle_timeout: u64,
-    /// Refuse to start if peak memory after warm-up exceeds this.
+    /// Refuse to start if peak memory after warm-up, plus the buffers of
+    /// --max-clients sessions, exceeds this.
     #[arg(long, value_name = "MiB")]
     pub memory_budget: Option<u64>,
     /// Also serve this serial port (UART, USB gadget); reopened if it goes away.
@@ -89,27 +89,49 @@ fn serve(
             );
         }
     }
+    // Every limit is checked before anything is loaded (exit 2 with the
+    // allowed range), never left to fail at the first client.
+    cfg.check()
+        .map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
     if cfg.serial.is_some() {
         edge_bert::check_baud(cfg.baud).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
+    }
+    if let Some(path) = &cfg.socket {
+        server::check_socket_path(path).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
     }
     server::single_malloc_arena();
     // Sequential plan building: a slower start, but a lower peak for
     // --memory-budget and the board.
     edge_bert_model::engine::set_parallel_build(false);
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, shutdown.clone())
+    let signals = server::Signals::default();
+    let handlers = [
+        (signal_hook::consts::SIGTERM, &signals.shutdown),
+        (signal_hook::consts::SIGINT, &signals.shutdown),
+        (signal_hook::consts::SIGHUP, &signals.hangup),
+    ];
+    for (sig, flag) in handlers {
+        signal_hook::flag::register(sig, Arc::clone(flag))
             .map_err(|e| Failure::new(1, format!("installing signal handler: {e}")))?;
     }
     let mut clf = load(model, None)?;
     server::warm_up(&mut clf).map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
     let peak = server::peak_rss_kib();
+    // The sessions' buffers are allocated as clients connect: count them
+    // all in the budget now.
+    let sessions = cfg.max_sessions();
+    let buffers = (sessions * cfg.session_bytes(&clf.manifest().labels)) as u64;
     if let (Some(budget), Some(peak)) = (memory_budget, peak) {
         let peak_mib = peak.div_ceil(1024);
-        if peak_mib > budget {
+        let buffers_mib = buffers.div_ceil(1 << 20);
+        let total = peak_mib + buffers_mib;
+        if total > budget {
             return Err(Failure::new(
                 EXIT_MODEL,
-                format!("peak memory after warm-up is {peak_mib} MiB, {} MiB over --memory-budget {budget}", peak_mib - budget),
+                format!(
+                    "peak memory after warm-up is {peak_mib} MiB and {sessions} sessions' buffers \
+                     take up to {buffers_mib} MiB: {} MiB over --memory-budget {budget}",
+                    total - budget
+                ),
             ));
         }
     }
@@ -122,7 +144,11 @@ fn serve(
         dropped / 1024,
         server::rss_kib().unwrap_or(0)
     );
-    server::serve(clf, cfg, shutdown).map_err(|e| {
+    log::info!(
+        "{sessions} sessions' buffers take up to {} KiB when all are open",
+        buffers / 1024
+    );
+    server::serve(clf, cfg, signals).map_err(|e| {
         let code = match e {
             Error::InvalidArgument(_) => EXIT_USAGE,
             _ => 1,

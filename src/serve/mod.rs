@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_bert_model::{alloc_probe, Classifier, Error, Result};
-use edge_bert_wire::{encode_error, label_tokens, ErrorCode, MAX_TEXTS};
+use edge_bert_wire::{encode_error, frame, label_tokens, ErrorCode, MAX_TEXTS};
 use serde_json::{json, Value};
 
 mod serial;
@@ -45,6 +45,58 @@ pub struct Config {
     /// A serial port to serve as well (`--serial`), and its baud rate.
     pub serial: Option<PathBuf>,
     pub baud: u32,
+}
+
+/// The range each limit of [`Config`] must lie in, checked by
+/// [`Config::check`] before anything is loaded.
+pub const LIMITS: [(&str, usize, usize); 4] = [
+    ("--max-text-bytes", 32, 1 << 20),
+    ("--max-clients", 1, 4096),
+    ("--queue", 1, 65_536),
+    ("--idle-timeout", 1, 604_800),
+];
+
+impl Config {
+    /// Checks every limit against [`LIMITS`]; the error names the setting
+    /// and its allowed range.
+    pub fn check(&self) -> Result<()> {
+        let values = [
+            self.max_text_bytes as u128,
+            self.max_clients as u128,
+            self.queue as u128,
+            self.idle_timeout.as_secs() as u128,
+        ];
+        for ((name, lo, hi), v) in LIMITS.iter().zip(values) {
+            if v < *lo as u128 || v > *hi as u128 {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} {v} is out of range: allowed {lo}..={hi}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sessions that may be open at once: `--max-clients`, and the
+    /// serial port.
+    pub fn max_sessions(&self) -> usize {
+        self.max_clients + usize::from(self.serial.is_some())
+    }
+
+    /// The bytes one session allocates when it opens (line reader, texts,
+    /// the worker slot's text and the response buffer), for a model with
+    /// these labels; [`Config::max_sessions`] of them may be open.
+    pub fn session_bytes(&self, labels: &[String]) -> usize {
+        let line = self.max_text_bytes + frame::SUFFIX_LEN + 2;
+        let texts = 2 * (self.max_text_bytes + 8);
+        line + texts + out_capacity(self.max_text_bytes, &label_tokens(labels))
+    }
+}
+
+/// Response buffer capacity that no classification response exceeds
+/// (unless its id is longer than the line limit allows).
+fn out_capacity(max_text_bytes: usize, labels: &[String]) -> usize {
+    let per_result = 96 + labels.iter().map(|l| l.len() + 24).sum::<usize>();
+    max_text_bytes + 64 + MAX_TEXTS * per_result
 }
 
 /// The default Unix socket: `$XDG_RUNTIME_DIR/edge-bert.sock`, else
@@ -133,20 +185,152 @@ pub(crate) struct Shared {
     /// Response buffer capacity that no classification response exceeds
     /// (unless its id is longer than the line limit allows).
     pub(crate) out_capacity: usize,
+    /// Set when the inference worker failed (it panicked): `health` says
+    /// so, and the server stops and exits non-zero.
+    pub(crate) failure: Mutex<Option<String>>,
+    /// A fault to inject, for tests (see [`Fault`]).
+    pub(crate) fault: Option<Fault>,
 }
 
-/// Binds a Unix socket at `path`: a live server there is an error; a stale
-/// socket file from a crashed server is replaced. The file gets mode 0660.
-fn bind_unix(path: &Path) -> Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+impl Shared {
+    /// Records that the inference worker failed and starts shutting down.
+    pub(crate) fn fail(&self, why: String) {
+        log::error!("{why}; stopping (exit 1, for the supervisor to restart)");
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A fault injected for tests through `EDGE_BERT_FAULT`: a panic in the
+/// inference worker (`worker-panic:TEXT`) or in a session
+/// (`session-panic:TEXT`) when that exact text is classified. It proves
+/// the server survives the bugs it cannot foresee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fault {
+    WorkerPanic(String),
+    SessionPanic(String),
+}
+
+impl Fault {
+    fn from_env() -> Option<Fault> {
+        let v = std::env::var("EDGE_BERT_FAULT").ok()?;
+        let fault = if let Some(t) = v.strip_prefix("worker-panic:") {
+            Fault::WorkerPanic(t.to_string())
+        } else if let Some(t) = v.strip_prefix("session-panic:") {
+            Fault::SessionPanic(t.to_string())
+        } else {
+            log::warn!(
+                "EDGE_BERT_FAULT={v:?} is not worker-panic:TEXT or session-panic:TEXT; ignored"
+            );
+            return None;
+        };
+        log::warn!("EDGE_BERT_FAULT: injecting {fault:?}");
+        Some(fault)
+    }
+}
+
+/// The socket file a server created, known by device and inode, so that
+/// it removes that file and never one another server put in its place.
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// Removes the socket file if it is still the one this server created.
+    fn remove(&self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    log::warn!("removing {}: {e}", self.path.display());
+                }
+            }
+            Ok(_) => log::info!(
+                "{} is no longer this server's socket (another server took the path); left in place",
+                self.path.display()
+            ),
+            Err(_) => {}
+        }
+    }
+}
+
+/// What is at a socket path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtPath {
+    Nothing,
+    /// A socket a server is listening on.
+    Live,
+    /// A socket nobody listens on (ECONNREFUSED): a crashed server's.
+    Stale,
+}
+
+/// Looks at a socket path without following it (lstat) and without
+/// changing anything: anything that is not a socket is an error, and so
+/// is a socket that cannot be probed for another reason than
+/// ECONNREFUSED (permission denied, say): it is never taken as stale.
+fn probe(path: &Path) -> Result<AtPath> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => Err(Error::InvalidArgument(format!(
+            "{} exists and is not a socket ({}); refusing to replace it",
+            path.display(),
+            file_kind(&m.file_type())
+        ))),
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => Ok(AtPath::Live),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(AtPath::Stale),
+            Err(e) => Err(Error::InvalidArgument(format!(
+                "cannot tell whether a server is listening on {}: {e}; not replacing it",
+                path.display()
+            ))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AtPath::Nothing),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Checks, before the model is loaded, that `path` could be served: it is
+/// free, a socket, or a stale socket. A live server there is not an error
+/// yet (it may be stopping for this one); [`serve`] checks again.
+pub fn check_socket_path(path: &Path) -> Result<()> {
+    if probe(path)? == AtPath::Live {
+        log::info!(
+            "a server is listening on {} now; checked again once the model is loaded",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Binds a Unix socket at `path` (see [`probe`]): a live server there is
+/// an error; a stale socket is replaced; anything else is left alone. The
+/// file gets mode 0660.
+fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile)> {
+    match probe(path)? {
+        AtPath::Nothing => {}
+        AtPath::Live => {
             return Err(Error::InvalidArgument(format!(
                 "another server is already listening on {}",
                 path.display()
-            )));
+            )))
         }
-        log::warn!("removing stale socket {}", path.display());
-        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+        AtPath::Stale => {
+            log::warn!(
+                "removing stale socket {} (connection refused)",
+                path.display()
+            );
+            std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+        }
     }
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
@@ -154,10 +338,34 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
         }
     }
     let l = UnixListener::bind(path).map_err(|e| Error::io(path, e))?;
+    let m = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        dev: m.dev(),
+        ino: m.ino(),
+    };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| Error::io(path, e))?;
     l.set_nonblocking(true).map_err(|e| Error::io(path, e))?;
-    Ok(l)
+    Ok((l, file))
+}
+
+/// What kind of file a path is, in words.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device node"
+    } else {
+        "not a socket"
+    }
 }
 
 /// Tells systemd (`Type=notify`) that the server is ready, when
@@ -206,9 +414,24 @@ pub fn warm_up(clf: &mut Classifier) -> Result<()> {
     Ok(())
 }
 
-/// Runs the server until `shutdown` is set; then stops accepting, answers
-/// what was already accepted, removes the socket file and returns.
-pub fn serve(clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Result<()> {
+/// The signals the server acts on, as flags set by their handlers.
+#[derive(Debug, Clone, Default)]
+pub struct Signals {
+    /// SIGTERM/SIGINT: stop accepting, answer every accepted line, exit.
+    pub shutdown: Arc<AtomicBool>,
+    /// SIGHUP: logged and otherwise ignored (there is nothing to reload yet).
+    pub hangup: Arc<AtomicBool>,
+}
+
+/// Runs the server until `signals.shutdown` is set; then stops accepting,
+/// removes the socket file it created, answers every line already accepted
+/// (a result, or `shutting_down` once the grace is over) and returns. An
+/// inference worker that panicked answers `internal`, stops the server
+/// the same way, and makes this return an error (exit 1, so that systemd
+/// restarts it).
+pub fn serve(clf: Classifier, cfg: Config, signals: Signals) -> Result<()> {
+    cfg.check()?;
+    let shutdown = signals.shutdown.clone();
     let unix = cfg.socket.as_deref().map(bind_unix).transpose()?;
     let tcp = match cfg.tcp {
         Some(addr) => {
@@ -231,9 +454,8 @@ pub fn serve(clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Result<
         "buckets": clf.engine().buckets(),
         "version": env!("CARGO_PKG_VERSION"),
     });
-    let (tx, rx) = mpsc::sync_channel::<worker::Job>(cfg.queue.max(1));
+    let (tx, rx) = mpsc::sync_channel::<worker::Job>(cfg.queue);
     let labels = label_tokens(&clf.manifest().labels);
-    let per_result = 96 + labels.iter().map(|l| l.len() + 24).sum::<usize>();
     let shared = Arc::new(Shared {
         jobs: Mutex::new(Some(tx)),
         metrics: Metrics::new(),
@@ -241,8 +463,10 @@ pub fn serve(clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Result<
         shutdown: shutdown.clone(),
         clients: AtomicUsize::new(0),
         cfg: cfg.clone(),
-        out_capacity: cfg.max_text_bytes + 64 + MAX_TEXTS * per_result,
+        out_capacity: out_capacity(cfg.max_text_bytes, &labels),
         labels,
+        failure: Mutex::new(None),
+        fault: Fault::from_env(),
     });
 
     let worker = worker::spawn(clf, rx, shared.clone())?;
@@ -263,19 +487,26 @@ pub fn serve(clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Result<
                 .map_err(|e| Error::io("serial thread", e))?,
         );
     }
+    let (unix, socket_file) = match unix {
+        Some((l, f)) => (Some(l), Some(f)),
+        None => (None, None),
+    };
     notify_ready();
     while !shutdown.load(Ordering::SeqCst) {
+        if signals.hangup.swap(false, Ordering::SeqCst) {
+            log::info!("SIGHUP: there is no model reload yet; ignored, still serving");
+        }
         let mut accepted = false;
         if let Some(l) = &unix {
             if let Ok((s, _)) = l.accept() {
                 accepted = true;
-                handles.push(spawn_client(&shared, Conn::Unix(s)));
+                handles.extend(spawn_client(&shared, Conn::Unix(s)));
             }
         }
         if let Some(l) = &tcp {
             if let Ok((s, _)) = l.accept() {
                 accepted = true;
-                handles.push(spawn_client(&shared, Conn::Tcp(s)));
+                handles.extend(spawn_client(&shared, Conn::Tcp(s)));
             }
         }
         handles.retain(|h: &std::thread::JoinHandle<()>| !h.is_finished());
@@ -286,15 +517,20 @@ pub fn serve(clf: Classifier, cfg: Config, shutdown: Arc<AtomicBool>) -> Result<
     log::info!("shutting down: answering accepted requests");
     drop(unix);
     drop(tcp);
+    // The path is free for a new server at once; the file goes only if it
+    // is still the one this server made.
+    if let Some(f) = &socket_file {
+        f.remove();
+    }
     for h in handles {
         let _ = h.join();
     }
     shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
     let _ = worker.join();
-    if let Some(p) = &cfg.socket {
-        let _ = std::fs::remove_file(p);
+    match shared.failure() {
+        Some(why) => Err(Error::Model(why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 enum Conn {
@@ -303,6 +539,34 @@ enum Conn {
 }
 
 impl Conn {
+    fn try_clone(&self) -> std::io::Result<Conn> {
+        Ok(match self {
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+        })
+    }
+
+    /// Blocking, with this write time-out.
+    fn set_timeout(&mut self, t: Duration) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => {
+                s.set_nonblocking(false)?;
+                s.set_write_timeout(Some(t))
+            }
+            Conn::Tcp(s) => {
+                s.set_nonblocking(false)?;
+                s.set_write_timeout(Some(t))
+            }
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.write_all(bytes),
+            Conn::Tcp(s) => s.write_all(bytes),
+        }
+    }
+
     fn split(self) -> std::io::Result<(Box<dyn std::io::Read + Send>, Box<dyn Write + Send>)> {
         match self {
             Conn::Unix(s) => {
@@ -322,30 +586,74 @@ impl Conn {
     }
 }
 
-fn spawn_client(shared: &Arc<Shared>, conn: Conn) -> std::thread::JoinHandle<()> {
-    let shared = shared.clone();
-    std::thread::spawn(move || {
-        alloc_probe::mark_loop_thread();
-        let Ok((read, mut write)) = conn.split() else {
-            return;
-        };
-        if shared.clients.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_clients {
-            shared.clients.fetch_sub(1, Ordering::SeqCst);
-            let _ = writeln!(
-                write,
-                "{}",
-                encode_error(
-                    &Value::Null,
-                    ErrorCode::TooManyClients,
-                    "server is at --max-clients; try again later"
-                )
-            );
-            return;
+/// Gives back a `--max-clients` slot when dropped, also when the session
+/// panicked.
+struct ClientSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts a thread for a new connection. When no thread can be started
+/// (the task limit, say), the connection is refused with `busy` and the
+/// server goes on.
+fn spawn_client(shared: &Arc<Shared>, conn: Conn) -> Option<std::thread::JoinHandle<()>> {
+    // A second handle on the connection, to refuse it if the thread
+    // cannot start (the closure that owns `conn` is gone then).
+    let spare = conn.try_clone().ok();
+    let shared2 = shared.clone();
+    let started = std::thread::Builder::new()
+        .name("client".into())
+        .spawn(move || client(&shared2, conn));
+    match started {
+        Ok(h) => Some(h),
+        Err(e) => {
+            log::error!("cannot start a thread for a new connection ({e}); refused it");
+            shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(mut c) = spare {
+                let _ = c.set_timeout(std::time::Duration::from_secs(1));
+                let line = encode_error(
+                    None,
+                    ErrorCode::Busy,
+                    "the server cannot take this connection now (no thread); try again later",
+                );
+                let _ = c.write_all(format!("{line}\n").as_bytes());
+            }
+            None
         }
-        let link = session::Link::Stream;
-        if let Err(e) = session::run(&shared, read, &mut write, link) {
-            log::debug!("client: {e}");
-        }
+    }
+}
+
+/// One connection's thread: a `--max-clients` slot, then the session.
+fn client(shared: &Shared, conn: Conn) {
+    alloc_probe::mark_loop_thread();
+    let Ok((read, mut write)) = conn.split() else {
+        return;
+    };
+    if shared.clients.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_clients {
         shared.clients.fetch_sub(1, Ordering::SeqCst);
-    })
+        let _ = writeln!(
+            write,
+            "{}",
+            encode_error(
+                None,
+                ErrorCode::TooManyClients,
+                "server is at --max-clients; try again later"
+            )
+        );
+        return;
+    }
+    let _slot = ClientSlot(&shared.clients);
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        session::run(shared, read, &mut write, session::Link::Stream)
+    }));
+    match run {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("client: {e}"),
+        Err(_) => {
+            log::error!("a client session panicked; its connection is closed, the server goes on")
+        }
+    }
 }

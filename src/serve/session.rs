@@ -9,15 +9,14 @@ use std::time::Instant;
 
 use edge_bert_model::Outcome;
 use edge_bert_wire::frame::{self, Frame};
-use edge_bert_wire::request::owned_id;
 use edge_bert_wire::response::{write_classification, write_outcome, write_results_start};
 use edge_bert_wire::{
     decode, encode_error, ErrorCode, Line, LineReader, Op, RawValue, Req, Scored, Texts,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::worker::Slot;
-use super::{peak_rss_kib, Shared, SHUTDOWN_GRACE};
+use super::{peak_rss_kib, Fault, Shared, SHUTDOWN_GRACE};
 
 /// How a transport frames its lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +87,25 @@ struct Session {
     slot: Slot,
 }
 
-/// Runs one session until the peer leaves (`Ok`), shutdown (`Ok`, after
-/// answering for at most the shutdown grace what has already arrived), or
-/// an I/O error (`Err`; for a serial port, end of input is `BrokenPipe`).
+/// Where a session is in the server's shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Every line is answered.
+    Serving,
+    /// Past the shutdown grace: lines still arriving are answered
+    /// `shutting_down` (ops are still answered), until the peer goes quiet.
+    Refusing,
+    /// Past twice the grace (a peer that never stops sending): no more
+    /// reads; the whole lines already read are answered `shutting_down`.
+    CutOff,
+}
+
+/// Runs one session until the peer leaves (`Ok`), shutdown (`Ok`), or an
+/// I/O error (`Err`; for a serial port, end of input is `BrokenPipe`).
+///
+/// After shutdown every line that has arrived gets an answer: for
+/// [`SHUTDOWN_GRACE`] it is run as usual, then it is answered
+/// `shutting_down`; the session ends at the first read that would wait.
 pub(super) fn run(
     shared: &Shared,
     read: impl Read,
@@ -107,40 +122,54 @@ pub(super) fn run(
     let mut idle_since = Instant::now();
     let mut stop_by: Option<Instant> = None;
     loop {
-        // After shutdown, lines that have already arrived are still answered
-        // (for at most SHUTDOWN_GRACE); the first read that would wait ends it.
-        if shared.shutdown.load(Ordering::SeqCst) {
-            let deadline = *stop_by.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
-            if Instant::now() >= deadline {
-                return Ok(());
+        let stopping = shared.shutdown.load(Ordering::SeqCst);
+        let stage = if stopping {
+            let now = Instant::now();
+            let deadline = *stop_by.get_or_insert_with(|| now + SHUTDOWN_GRACE);
+            if now >= deadline + SHUTDOWN_GRACE {
+                Stage::CutOff
+            } else if now >= deadline {
+                Stage::Refusing
+            } else {
+                Stage::Serving
             }
-        }
-        let line = match reader.next_line() {
-            Ok(l) => l,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if shared.shutdown.load(Ordering::SeqCst) {
-                    return Ok(());
-                }
-                if link == Link::Stream && idle_since.elapsed() >= shared.cfg.idle_timeout {
-                    let _ = writeln!(
-                        write,
-                        "{}",
-                        encode_error(
-                            &Value::Null,
-                            ErrorCode::IdleTimeout,
-                            "no request within --idle-timeout; closing"
-                        )
-                    );
-                    return Ok(());
-                }
-                continue;
+        } else {
+            Stage::Serving
+        };
+        let line = if stage == Stage::CutOff {
+            match reader.buffered_line() {
+                Some(l) => l,
+                None => return Ok(()),
             }
-            Err(e) => return Err(e),
+        } else {
+            match reader.next_line() {
+                Ok(l) => l,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Every line that had arrived is answered: done.
+                    if stopping {
+                        return Ok(());
+                    }
+                    if link == Link::Stream && idle_since.elapsed() >= shared.cfg.idle_timeout {
+                        let _ = writeln!(
+                            write,
+                            "{}",
+                            encode_error(
+                                None,
+                                ErrorCode::IdleTimeout,
+                                "no request within --idle-timeout; closing"
+                            )
+                        );
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
         };
         idle_since = Instant::now();
         let seal = match line {
@@ -162,7 +191,7 @@ pub(super) fn run(
             Line::Full(bytes) => match link.frame(bytes) {
                 Framed::Skip => continue,
                 Framed::Body(body, seal) => {
-                    respond(shared, body, &mut session);
+                    respond(shared, body, &mut session, stage != Stage::Serving);
                     seal
                 }
                 Framed::Corrupt(message) => {
@@ -184,7 +213,7 @@ pub(super) fn run(
 fn error(shared: &Shared, out: &mut Vec<u8>, code: ErrorCode, message: &str) {
     shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
     out.clear();
-    out.extend_from_slice(encode_error(&Value::Null, code, message).as_bytes());
+    out.extend_from_slice(encode_error(None, code, message).as_bytes());
 }
 
 fn scored(o: &Outcome) -> Scored<'_> {
@@ -197,30 +226,41 @@ fn scored(o: &Outcome) -> Scored<'_> {
 }
 
 /// Writes the response to one request line into `session.out`, whatever
-/// the transport. A classification allocates nothing here (see
+/// the transport; `stopping` (past the shutdown grace) answers texts
+/// `shutting_down` instead of running them. Every id is echoed as the raw
+/// token it was sent as. A classification allocates nothing here (see
 /// `tests/it/alloc.rs`); ops and errors may.
-fn respond(shared: &Shared, bytes: &[u8], session: &mut Session) {
+fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool) {
     session.out.clear();
     let req = match decode(bytes, &mut session.texts) {
         Ok(r) => r,
         Err(r) => {
             shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            let e = encode_error(&r.id, r.code, &r.message);
+            let e = encode_error(r.id.as_deref(), r.code, &r.message);
             session.out.extend_from_slice(e.as_bytes());
             return;
         }
     };
     let failed = |out: &mut Vec<u8>, id: Option<&RawValue>, code: ErrorCode, msg: &str| {
         out.clear();
-        out.extend_from_slice(encode_error(&owned_id(id), code, msg).as_bytes());
+        out.extend_from_slice(encode_error(id, code, msg).as_bytes());
     };
     let Session { texts, out, slot } = session;
+    if stopping && !matches!(req, Req::Op { .. }) {
+        let (Req::Classify { id } | Req::ClassifyMany { id } | Req::Op { id, .. }) = req;
+        shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        let msg = "the server is stopping; this line was not run";
+        return failed(out, id, ErrorCode::ShuttingDown, msg);
+    }
     match req {
-        Req::Op { id, op } => {
-            out.extend_from_slice(respond_op(shared, &owned_id(id), op).as_bytes());
-        }
+        Req::Op { id, op } => respond_op(shared, id, op, out),
         Req::Classify { id } => {
             shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            if let Some(Fault::SessionPanic(t)) = &shared.fault {
+                if t == texts.get(0) {
+                    panic!("EDGE_BERT_FAULT: injected session panic");
+                }
+            }
             match slot.classify(shared, texts.get(0)) {
                 Ok(o) => write_classification(out, id, &scored(&o), &shared.labels),
                 Err((code, msg)) => failed(out, id, code, &msg),
@@ -247,14 +287,20 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session) {
     }
 }
 
-fn respond_op(shared: &Shared, id: &Value, op: Op) -> String {
+/// Writes an op's answer into `out`: `{"id":<raw id>, ...}`.
+fn respond_op(shared: &Shared, id: Option<&RawValue>, op: Op, out: &mut Vec<u8>) {
     let m = &shared.metrics;
     let body = match op {
-        Op::Health => json!({ "id": id, "status": "ok" }),
-        Op::Info => json!({ "id": id, "info": shared.info }),
+        // The truth: a failed worker, a server that is stopping, or ok.
+        Op::Health => match shared.failure() {
+            Some(why) => json!({ "status": "failing", "error": why }),
+            None if shared.shutdown.load(Ordering::SeqCst) => json!({ "status": "stopping" }),
+            None => json!({ "status": "ok" }),
+        },
+        Op::Info => json!({ "info": shared.info }),
         Op::Metrics => {
             let (p50, p99) = m.percentiles();
-            json!({ "id": id, "metrics": {
+            json!({ "metrics": {
                 "requests": m.requests.load(Ordering::Relaxed),
                 "errors": m.errors.load(Ordering::Relaxed),
                 "latency_ms_p50": p50,
@@ -265,5 +311,10 @@ fn respond_op(shared: &Shared, id: &Value, op: Op) -> String {
             }})
         }
     };
-    body.to_string()
+    let body = body.to_string();
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.map_or("null", |r| r.get()).as_bytes());
+    out.push(b',');
+    // The body is a non-empty object: `{` + fields + `}`.
+    out.extend_from_slice(&body.as_bytes()[1..]);
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use edge_bert_model::{alloc_probe, Classifier, Error, Outcome, Result};
 use edge_bert_wire::ErrorCode;
 
-use super::{Shared, TICK};
+use super::{Fault, Shared, TICK};
 
 /// A text for the worker. The text buffer belongs to the session: it
 /// travels to the worker and comes back with the reply, so no request
@@ -21,10 +21,16 @@ pub(crate) struct Job {
 }
 
 /// The text buffer, handed back, and the outcome.
-type Reply = (String, std::result::Result<Outcome, String>);
+type Reply = (String, std::result::Result<Outcome, (ErrorCode, String)>);
 
 /// Starts the worker. It ends when every sender of `jobs` is gone: after
 /// shutdown, once the queue is drained.
+///
+/// The worker is supervised: a panic while classifying is caught, that
+/// text is answered `internal`, and the classifier (whose state the panic
+/// may have left half-done) is never used again. Every later text is
+/// answered `internal` too, `health` reports the failure, and the server
+/// stops and exits 1 (systemd's `Restart=on-failure` starts it afresh).
 pub(super) fn spawn(
     mut clf: Classifier,
     jobs: Receiver<Job>,
@@ -34,15 +40,50 @@ pub(super) fn spawn(
         .name("inference".into())
         .spawn(move || {
             alloc_probe::mark_loop_thread();
+            let mut failed = false;
             while let Ok(job) = jobs.recv() {
                 shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+                if failed {
+                    let why = "the inference worker failed; the server is restarting".into();
+                    let _ = job.reply.send((job.text, Err((ErrorCode::Internal, why))));
+                    continue;
+                }
                 let started = Instant::now();
-                let r = clf.classify_outcome(&job.text).map_err(|e| e.to_string());
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Some(Fault::WorkerPanic(t)) = &shared.fault {
+                        if *t == job.text {
+                            panic!("EDGE_BERT_FAULT: injected worker panic");
+                        }
+                    }
+                    clf.classify_outcome(&job.text)
+                }));
                 shared.metrics.record(started.elapsed());
+                let r = match run {
+                    Ok(r) => r.map_err(|e| (ErrorCode::ModelError, e.to_string())),
+                    Err(panic) => {
+                        failed = true;
+                        let what = panic_message(&*panic);
+                        shared.fail(format!("the inference worker panicked: {what}"));
+                        Err((
+                            ErrorCode::Internal,
+                            "the inference worker failed on this text; the server is restarting"
+                                .into(),
+                        ))
+                    }
+                };
                 let _ = job.reply.send((job.text, r));
             }
         })
         .map_err(|e| Error::io("inference thread", e))
+}
+
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// A session's line to the worker: its text buffer and reply channel,
@@ -104,9 +145,8 @@ impl Slot {
             match self.reply_rx.recv_timeout(TICK) {
                 Ok((buf, result)) => {
                     self.text = Some(buf);
-                    return result.map_err(|e| {
+                    return result.inspect_err(|_| {
                         shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                        (ErrorCode::ModelError, e)
                     });
                 }
                 Err(RecvTimeoutError::Timeout) => continue,

@@ -13,7 +13,6 @@ use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_bert::serve as server;
@@ -104,11 +103,9 @@ fn serving_loop_allocates_nothing_per_request() {
         serial: None,
         baud: 115_200,
     };
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let server = {
-        let shutdown = shutdown.clone();
-        std::thread::spawn(move || server::serve(clf, cfg, shutdown))
-    };
+    let signals = server::Signals::default();
+    let shutdown = signals.shutdown.clone();
+    let server = std::thread::spawn(move || server::serve(clf, cfg, signals));
     let deadline = Instant::now() + Duration::from_secs(60);
     let stream = loop {
         match UnixStream::connect(&socket) {

@@ -280,7 +280,11 @@ fn serial_bad_baud_and_missing_device_are_clear_errors() {
     );
     assert_fails(&o, 2, "unsupported --baud 12345");
     let o = run(&["classify", "--serial", "/nonexistent/ttyX", "hi"], b"");
-    assert_fails(&o, 3, "/nonexistent/ttyX");
+    assert_fails(
+        &o,
+        5,
+        "cannot reach the server on serial port /nonexistent/ttyX",
+    );
     let tiny = tiny_dir();
     let o = run(
         &[
@@ -489,4 +493,127 @@ fn soak_2000_frames_with_5_percent_damaged() {
         damaged > 50 && clean > 1800,
         "{clean} clean, {damaged} damaged"
     );
+}
+
+/// A trailing `\r` does not count towards `--max-text-bytes` on a serial
+/// line either (issue 21, item 11), with or without the check suffix.
+#[test]
+fn a_trailing_cr_does_not_count_towards_the_serial_line_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("ttyDEV");
+    let mut wire = Wire::plug(&dev);
+    let tiny = tiny_args();
+    let _server = serve_serial(dir, &dev, &[&tiny[0], &tiny[1], "--max-text-bytes", "64"]);
+    let body = |n: usize| {
+        let head = "{\"text\": \"";
+        format!("{head}{}\"}}", "a".repeat(n - head.len() - 2))
+    };
+    assert_eq!(body(64).len(), 64);
+    // Unchecked: a serial line may be as long as a checked one (the limit
+    // plus the 9-byte suffix); that many bytes and "\r\n" fit, one more
+    // does not.
+    wire.send(format!("{}\r\n", body(73)).as_bytes());
+    let r: Value = serde_json::from_slice(&wire.line()).unwrap();
+    assert!(r["label"].is_string(), "{r}");
+    wire.send(format!("{}\r\n", body(74)).as_bytes());
+    let r: Value = serde_json::from_slice(&wire.line()).unwrap();
+    assert_eq!(code(&r), "too_long", "{r}");
+    // Checked: 64 bytes, the suffix and "\r\n" fit.
+    let mut f = body(64).into_bytes();
+    framing::seal(&mut f);
+    f.extend_from_slice(b"\r\n");
+    wire.send(&f);
+    assert!(wire.reply()["label"].is_string());
+}
+
+/// Issue 21, item 14: 64 KiB of line noise reach the server before the
+/// client opens the port; the server's replies to the noise wait on the
+/// client's side of the cable. `classify --serial` must skip them (flush
+/// what is stale, match its replies by id) and answer as in-process does,
+/// on the default model.
+#[test]
+fn the_serial_client_works_after_64_kib_of_line_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("ttyDEV");
+    let host = dir.path().join("ttyHOST");
+    let mut a = Wire::plug(&dev);
+    let mut b = Wire::plug(&host);
+    // A UART drops what nobody reads: the host side's cable end does not
+    // block when its buffer is full (no client has the port open yet).
+    // SAFETY: fcntl on an open descriptor.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let fd = b.master.as_raw_fd();
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        );
+    }
+    let server = serve_serial(dir, &dev, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cable = {
+        let (stop, noise_done) = (stop.clone(), noise_done.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+            let noise: Vec<u8> = (0..64 * 1024).map(|_| rng.next() as u8).collect();
+            let mut carried = 0usize;
+            let mut sent = 0;
+            let mut quiet = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // The noise goes to the server in 1 KiB pieces, between
+                // carrying its replies to the host side.
+                if sent < noise.len() {
+                    let end = (sent + 1024).min(noise.len());
+                    a.master.write_all(&noise[sent..end]).unwrap();
+                    sent = end;
+                }
+                a.fill(Duration::from_millis(5));
+                if !a.pending.is_empty() {
+                    // What does not fit is dropped, as on a real line.
+                    carried += b.master.write(&a.pending).unwrap_or(0);
+                    a.pending.clear();
+                    quiet = Instant::now();
+                }
+                b.fill(Duration::from_millis(5));
+                if !b.pending.is_empty() {
+                    a.master.write_all(&b.pending).unwrap();
+                    b.pending.clear();
+                }
+                if sent == noise.len() && quiet.elapsed() > Duration::from_millis(500) {
+                    noise_done.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            carried
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !noise_done.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the server never went quiet");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let texts = ["a gorgeous, moving film", "a dull, lifeless mess"];
+    let mut args = vec!["classify", "--json", "--serial", host.to_str().unwrap()];
+    args.extend(texts);
+    let remote = run(&args, b"");
+    let mut local_args = vec!["classify", "--json"];
+    local_args.extend(texts);
+    let local = run(&local_args, b"");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let carried = cable.join().unwrap();
+    assert!(remote.status.success(), "{}", stderr(&remote));
+    assert!(local.status.success(), "{}", stderr(&local));
+    let labels = |o: &std::process::Output| -> Vec<Value> {
+        stdout(o)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["label"].clone())
+            .collect()
+    };
+    assert_eq!(labels(&remote), labels(&local));
+    // The noise was answered (that is what lay in wait for the client).
+    let m = server.connect().ask(br#"{"op":"metrics"}"#);
+    let errors = m["metrics"]["errors"].as_u64().unwrap();
+    assert!(errors >= 100, "{m}");
+    eprintln!("64 KiB of noise: {errors} error replies; {carried} bytes carried to the host side; the client answered as in-process");
 }

@@ -13,22 +13,28 @@ use crate::util::*;
 
 /// A running server, killed on drop.
 pub(crate) struct Server {
-    child: Child,
-    socket: PathBuf,
+    pub(crate) child: Child,
+    pub(crate) socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn start(extra: &[&str]) -> Server {
+    pub(crate) fn start(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         Server::start_at(dir, extra)
     }
 
     pub(crate) fn start_at(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        Server::start_with(dir, extra, edge_bert())
+    }
+
+    /// A server run by `cmd` (an `edge-bert` command, perhaps with its
+    /// environment or user changed), on `dir/eb.sock`.
+    pub(crate) fn start_with(dir: tempfile::TempDir, extra: &[&str], mut cmd: Command) -> Server {
         let socket = dir.path().join("eb.sock");
         let mut args = vec!["serve", "--socket", socket.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let child = edge_bert()
+        let child = cmd
             .args(&args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -96,14 +102,14 @@ impl Server {
         }
     }
 
-    fn tiny(extra: &[&str]) -> Server {
+    pub(crate) fn tiny(extra: &[&str]) -> Server {
         let tiny = tiny_dir();
         let mut args = vec!["--model", tiny.to_str().unwrap()];
         args.extend_from_slice(extra);
         Server::start(&args)
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         send_signal(self.child.id(), sig);
     }
 }
@@ -115,7 +121,7 @@ impl Drop for Server {
     }
 }
 
-fn send_signal(pid: u32, sig: i32) {
+pub(crate) fn send_signal(pid: u32, sig: i32) {
     let ok = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -125,17 +131,27 @@ fn send_signal(pid: u32, sig: i32) {
 }
 
 pub(crate) struct Conn {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    pub(crate) reader: BufReader<UnixStream>,
+    pub(crate) writer: UnixStream,
 }
 
 impl Conn {
-    fn send_raw(&mut self, bytes: &[u8]) {
+    pub(crate) fn send_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).unwrap();
         self.writer.write_all(b"\n").unwrap();
     }
 
-    fn recv(&mut self) -> Value {
+    /// The next reply line as sent (without its newline); None at end of
+    /// input.
+    pub(crate) fn recv_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end_matches('\n').to_string()),
+        }
+    }
+
+    pub(crate) fn recv(&mut self) -> Value {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).unwrap();
         assert!(n > 0, "connection closed");
@@ -148,7 +164,7 @@ impl Conn {
     }
 }
 
-fn code(v: &Value) -> &str {
+pub(crate) fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
 

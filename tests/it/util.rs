@@ -127,3 +127,81 @@ pub fn assert_fails(o: &Output, code: i32, needle: &str) {
     assert!(err.contains(needle), "expected {needle:?} in stderr: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
 }
+
+/// Runs `cmd` (its stdin empty), killing it after `limit`; the output and
+/// whether it had to be killed. Its address space is capped at 8 GiB, so
+/// a run that would read without end fails instead of taking the machine.
+pub fn run_limited(mut cmd: Command, limit: std::time::Duration) -> (Output, bool) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let cap = libc::rlimit {
+                rlim_cur: 8 << 30,
+                rlim_max: 8 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &cap) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn edge-bert");
+    let deadline = std::time::Instant::now() + limit;
+    let mut killed = false;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child.wait_with_output().unwrap(), killed)
+}
+
+/// True when the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command for the `edge-bert` binary run as `uid` (group `uid`, no
+/// supplementary groups): for tests that need a process without root's
+/// powers (permission checks, task limits) when the tests run as root.
+/// The binary is copied once into a directory every user can read.
+/// `None` when not root or under an emulator.
+pub fn edge_bert_as(uid: u32) -> Option<Command> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !is_root() || emulated() {
+        return None;
+    }
+    static COPY: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, bin) = COPY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("edge-bert");
+        std::fs::copy(env!("CARGO_BIN_EXE_edge-bert"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, bin)
+    });
+    let mut cmd = Command::new(bin);
+    cmd.uid(uid).gid(uid);
+    Some(cmd)
+}
+
+/// A temporary directory every user may write in (for a server run by
+/// [`edge_bert_as`]).
+pub fn shared_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}

@@ -18,7 +18,8 @@ pub enum Line<'a> {
 /// Reads `\n`-terminated lines into a fixed buffer allocated once.
 ///
 /// Memory never grows with input: a line longer than `max` bytes is
-/// reported as [`Line::TooLong`] and skipped.
+/// reported as [`Line::TooLong`] and skipped. A trailing `\r` is not
+/// counted (the buffer holds `max + 1` bytes and a newline).
 #[derive(Debug)]
 pub struct LineReader<R> {
     inner: R,
@@ -37,7 +38,7 @@ impl<R: Read> LineReader<R> {
     pub fn new(inner: R, max: usize) -> LineReader<R> {
         LineReader {
             inner,
-            buf: vec![0; max + 1].into_boxed_slice(),
+            buf: vec![0; max + 2].into_boxed_slice(),
             start: 0,
             end: 0,
             max,
@@ -53,24 +54,13 @@ impl<R: Read> LineReader<R> {
     pub fn next_line(&mut self) -> std::io::Result<Line<'_>> {
         loop {
             // A newline among the unread bytes ends a line.
-            if let Some(pos) = self.buf[self.start..self.end]
-                .iter()
-                .position(|&b| b == b'\n')
-            {
-                let (s, nl) = (self.start, self.start + pos);
-                self.start = nl + 1;
-                if self.discarding {
-                    self.discarding = false;
-                    return Ok(Line::TooLong);
-                }
-                let line = &self.buf[s..nl];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                return Ok(Line::Full(line));
+            if let Some(end) = self.newline() {
+                return Ok(self.take(end));
             }
             if self.discarding {
                 self.start = 0;
                 self.end = 0;
-            } else if self.end - self.start > self.max {
+            } else if self.end - self.start > self.max + 1 {
                 // Over the limit with no newline: drop what we hold.
                 self.discarding = true;
                 self.start = 0;
@@ -88,8 +78,7 @@ impl<R: Read> LineReader<R> {
                 if self.end > self.start {
                     let (s, e) = (self.start, self.end);
                     self.start = self.end;
-                    let line = &self.buf[s..e];
-                    return Ok(Line::Full(line.strip_suffix(b"\r").unwrap_or(line)));
+                    return Ok(self.full(s, e));
                 }
                 return Ok(Line::Eof);
             }
@@ -98,6 +87,45 @@ impl<R: Read> LineReader<R> {
                 self.eof = true;
             }
             self.end += n;
+        }
+    }
+
+    /// The next line if a whole one has already been read, without reading
+    /// more; `None` otherwise. For a reader that must stop reading (a
+    /// server past its shutdown grace) but still answer what it holds.
+    pub fn buffered_line(&mut self) -> Option<Line<'_>> {
+        let end = self.newline()?;
+        Some(self.take(end))
+    }
+
+    /// Where the first newline among the unread bytes is.
+    fn newline(&self) -> Option<usize> {
+        let pos = self.buf[self.start..self.end]
+            .iter()
+            .position(|&b| b == b'\n')?;
+        Some(self.start + pos)
+    }
+
+    /// The line that ends at the newline at `nl`.
+    fn take(&mut self, nl: usize) -> Line<'_> {
+        let s = self.start;
+        self.start = nl + 1;
+        if self.discarding {
+            self.discarding = false;
+            return Line::TooLong;
+        }
+        self.full(s, nl)
+    }
+
+    /// Bytes `s..e` of the buffer as a line: one trailing `\r` dropped,
+    /// then held to the limit (the `\r` does not count towards it).
+    fn full(&self, s: usize, e: usize) -> Line<'_> {
+        let line = &self.buf[s..e];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > self.max {
+            Line::TooLong
+        } else {
+            Line::Full(line)
         }
     }
 }
@@ -154,6 +182,33 @@ mod tests {
         assert_eq!(lines(b"0123456789", 4, 3), vec![None]);
         assert_eq!(lines(b"", 4, 3), Vec::<Option<Vec<u8>>>::new());
         assert_eq!(lines(b"1234\n", 4, 2), vec![Some(b"1234".to_vec())]);
+        // A trailing \r does not count towards the limit; any other byte does.
+        for chunk in 1..6 {
+            assert_eq!(
+                lines(b"1234\r\n1234", 4, chunk),
+                [b"1234", b"1234"].map(|l| Some(l.to_vec()))
+            );
+            assert_eq!(
+                lines(b"12345\n1234\r", 4, chunk),
+                vec![None, Some(b"1234".to_vec())]
+            );
+            assert_eq!(
+                lines(b"1234\r\r\nok", 4, chunk),
+                vec![None, Some(b"ok".to_vec())]
+            );
+        }
+    }
+
+    #[test]
+    fn buffered_lines_come_without_reading() {
+        let mut r = LineReader::new(&b"one\ntwo\r\nthree"[..], 8);
+        assert_eq!(r.buffered_line(), None);
+        assert_eq!(r.next_line().unwrap(), Line::Full(b"one"));
+        assert_eq!(r.buffered_line(), Some(Line::Full(b"two")));
+        // "three" has no newline yet: not a whole line.
+        assert_eq!(r.buffered_line(), None);
+        assert_eq!(r.next_line().unwrap(), Line::Full(b"three"));
+        assert_eq!(r.next_line().unwrap(), Line::Eof);
     }
 
     proptest! {
@@ -171,11 +226,8 @@ mod tests {
                 parts.pop();
             }
             for p in parts {
-                if p.len() > max {
-                    want.push(None);
-                } else {
-                    want.push(Some(p.strip_suffix(b"\r").unwrap_or(p).to_vec()));
-                }
+                let p = p.strip_suffix(b"\r").unwrap_or(p);
+                want.push((p.len() <= max).then(|| p.to_vec()));
             }
             prop_assert_eq!(lines(&input, max, chunk), want);
         }

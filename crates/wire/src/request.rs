@@ -33,17 +33,18 @@ pub enum Request {
 /// Most texts in one `texts` request.
 pub const MAX_TEXTS: usize = 64;
 
-/// A refused request: the code, a message, and the id if one could be read.
-#[derive(Debug, Clone, PartialEq)]
+/// A refused request: the code, a message, and the id if one could be
+/// read, as the raw JSON token it was sent as (echoed byte for byte).
+#[derive(Debug, Clone)]
 pub struct Refusal {
-    pub id: serde_json::Value,
+    pub id: Option<Box<RawValue>>,
     pub code: ErrorCode,
     pub message: String,
 }
 
-fn refuse(id: serde_json::Value, code: ErrorCode, message: impl Into<String>) -> Refusal {
+fn refuse(id: Option<&RawValue>, code: ErrorCode, message: impl Into<String>) -> Refusal {
     Refusal {
-        id,
+        id: id.map(RawValue::to_owned),
         code,
         message: message.into(),
     }
@@ -165,7 +166,7 @@ pub fn decode<'a>(line: &'a [u8], texts: &mut Texts) -> Result<Req<'a>, Refusal>
     use serde_json::Value;
     let text = std::str::from_utf8(line).map_err(|e| {
         refuse(
-            Value::Null,
+            None,
             ErrorCode::InvalidUtf8,
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
@@ -177,22 +178,20 @@ pub fn decode<'a>(line: &'a [u8], texts: &mut Texts) -> Result<Req<'a>, Refusal>
         // Slow path, errors only: say why.
         Ok(_) => {
             return Err(refuse(
-                Value::Null,
+                None,
                 ErrorCode::NotAnObject,
                 "a request must be a JSON object",
             ))
         }
         Err(e) => {
             return Err(match serde_json::from_str::<Value>(text) {
-                Ok(Value::Object(_)) => {
-                    refuse(Value::Null, ErrorCode::MalformedJson, e.to_string())
-                }
+                Ok(Value::Object(_)) => refuse(None, ErrorCode::MalformedJson, e.to_string()),
                 Ok(_) => refuse(
-                    Value::Null,
+                    None,
                     ErrorCode::NotAnObject,
                     "a request must be a JSON object",
                 ),
-                Err(e) => refuse(Value::Null, ErrorCode::MalformedJson, e.to_string()),
+                Err(e) => refuse(None, ErrorCode::MalformedJson, e.to_string()),
             })
         }
     };
@@ -204,7 +203,7 @@ pub fn decode<'a>(line: &'a [u8], texts: &mut Texts) -> Result<Req<'a>, Refusal>
             r#""metrics""# => Op::Metrics,
             other => {
                 return Err(refuse(
-                    owned_id(id),
+                    id,
                     ErrorCode::UnknownOp,
                     format!("unknown op {other}; expected health, info or metrics"),
                 ))
@@ -218,30 +217,26 @@ pub fn decode<'a>(line: &'a [u8], texts: &mut Texts) -> Result<Req<'a>, Refusal>
             Err(_) if list.get().starts_with('[') => {
                 let n = serde_json::from_str::<Vec<&RawValue>>(list.get()).map_or(0, |v| v.len());
                 return Err(refuse(
-                    owned_id(id),
+                    id,
                     ErrorCode::TooManyTexts,
                     format!("{n} texts; at most {MAX_TEXTS} per request"),
                 ));
             }
             Err(_) => {
                 return Err(refuse(
-                    owned_id(id),
+                    id,
                     ErrorCode::MissingText,
                     "texts must be an array of strings",
                 ))
             }
         };
         if items.is_empty() {
-            return Err(refuse(
-                owned_id(id),
-                ErrorCode::MissingText,
-                "texts is empty",
-            ));
+            return Err(refuse(id, ErrorCode::MissingText, "texts is empty"));
         }
         for (i, item) in items.iter().enumerate() {
             texts
                 .push(item)
-                .map_err(|(code, msg)| refuse(owned_id(id), code, format!("texts[{i}] {msg}")))?;
+                .map_err(|(code, msg)| refuse(id, code, format!("texts[{i}] {msg}")))?;
         }
         return Ok(Req::ClassifyMany { id });
     }
@@ -249,14 +244,10 @@ pub fn decode<'a>(line: &'a [u8], texts: &mut Texts) -> Result<Req<'a>, Refusal>
         Some(t) => {
             texts
                 .push(t)
-                .map_err(|(code, msg)| refuse(owned_id(id), code, format!("text {msg}")))?;
+                .map_err(|(code, msg)| refuse(id, code, format!("text {msg}")))?;
             Ok(Req::Classify { id })
         }
-        None => Err(refuse(
-            owned_id(id),
-            ErrorCode::MissingText,
-            "missing \"text\"",
-        )),
+        None => Err(refuse(id, ErrorCode::MissingText, "missing \"text\"")),
     }
 }
 
@@ -395,13 +386,18 @@ mod tests {
         assert_eq!(code(br#"{"texts": ["a", " "]}"#), ErrorCode::EmptyText);
         let many = serde_json::to_vec(&json!({ "texts": vec!["x"; MAX_TEXTS + 1] })).unwrap();
         assert_eq!(code(&many), ErrorCode::TooManyTexts);
-        // The id is echoed even on a refusal.
-        assert_eq!(
-            decode_request(br#"{"id": "x", "text": ""}"#)
-                .unwrap_err()
-                .id,
-            json!("x")
-        );
+        // The id is echoed even on a refusal, as the token it was sent as.
+        for id in [
+            r#""x""#,
+            "1e400",
+            "18446744073709551616",
+            r#""\ud800""#,
+            "[1, {}]",
+        ] {
+            let line = format!(r#"{{"id": {id}, "text": ""}}"#);
+            let refused = decode_request(line.as_bytes()).unwrap_err();
+            assert_eq!(refused.id.unwrap().get(), id);
+        }
     }
 
     #[test]

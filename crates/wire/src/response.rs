@@ -63,10 +63,19 @@ pub fn write_results_start(out: &mut Vec<u8>, id: Option<&RawValue>) {
     out.extend_from_slice(b",\"results\":[");
 }
 
-/// The response line for a refused or failed request (no trailing newline).
-pub fn encode_error(id: &serde_json::Value, code: ErrorCode, message: &str) -> String {
-    serde_json::json!({ "id": id, "error": { "code": code.as_str(), "message": message } })
-        .to_string()
+/// The response line for a refused or failed request (no trailing
+/// newline). The id is echoed as the raw token it was sent as (`null`
+/// when there was none), as classifications echo it.
+pub fn encode_error(id: Option<&RawValue>, code: ErrorCode, message: &str) -> String {
+    let error = serde_json::json!({ "code": code.as_str(), "message": message });
+    let mut out = Vec::with_capacity(64 + message.len());
+    out.extend_from_slice(b"{\"id\":");
+    write_id(&mut out, id);
+    out.extend_from_slice(b",\"error\":");
+    out.extend_from_slice(error.to_string().as_bytes());
+    out.push(b'}');
+    // Both halves are UTF-8: the raw token was read from a str.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// One classification as the encoders take it (borrowed, so the server's
@@ -203,7 +212,7 @@ mod tests {
             Err(ReplyError::Malformed(_))
         ));
         let e: serde_json::Value =
-            serde_json::from_str(&encode_error(&json!(41), ErrorCode::Busy, "try again")).unwrap();
+            serde_json::from_str(&encode_error(Some(id), ErrorCode::Busy, "try again")).unwrap();
         assert_eq!(
             decode_answer(&e, 41),
             Err(ReplyError::Server {
@@ -211,5 +220,28 @@ mod tests {
                 message: "try again".into()
             })
         );
+        let e = encode_error(None, ErrorCode::Corrupt, "bad \"frame\"\n");
+        let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+        assert_eq!(v["id"], json!(null));
+        assert_eq!(v["error"]["message"], "bad \"frame\"\n");
+    }
+
+    proptest::proptest! {
+        /// An error echoes any id token byte for byte, and stays one valid
+        /// JSON line.
+        #[test]
+        fn errors_echo_the_raw_id(id in proptest::prop_oneof![
+            "-?[1-9][0-9]{0,29}(\\.[0-9]{1,5})?([eE][+-]?[0-9]{1,4})?",
+            "\"([a-z ]|\\\\u[dD][89abAB][0-9a-f]{2}|\\\\n)*\"",
+            proptest::strategy::Just("[1, {\"a\": null}]".to_string()),
+        ], message in "\\PC*") {
+            let raw = serde_json::from_str::<&RawValue>(&id).unwrap();
+            let line = encode_error(Some(raw), ErrorCode::Internal, &message);
+            proptest::prop_assert!(!line.contains('\n'));
+            let prefix = format!("{{\"id\":{id},\"error\":");
+            proptest::prop_assert!(line.starts_with(&prefix), "{}", line);
+            let tail: serde_json::Value = serde_json::from_str(&line[prefix.len()..line.len() - 1]).unwrap();
+            proptest::prop_assert_eq!(&tail["message"], &json!(message));
+        }
     }
 }
