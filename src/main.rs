@@ -52,7 +52,9 @@ enum Command {
         edge-bert serve --serial /dev/ttyGS0 --baud 115200\n  \
         echo '{\"id\":1,\"text\":\"great film\"}' | socat - UNIX-CONNECT:/tmp/edge-bert.sock\n\n\
         With --serial and neither --socket nor --tcp, only the serial port is served.\n\
-        SIGTERM or SIGINT: stop accepting, answer what was accepted, remove the socket, exit 0."
+        SIGTERM or SIGINT: stop accepting, answer every line that arrived (run for 5 s, then\n\
+        shutting_down), remove the socket this server made, exit 0. SIGHUP: logged, ignored.\n\
+        Exit 1 after an internal failure (the inference worker panicked): restart it."
     )]
     Serve(cli::serve::Args),
     /// Measure accuracy on a labelled file (LABEL<TAB>text per line).
