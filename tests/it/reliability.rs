@@ -163,7 +163,7 @@ fn a_failed_thread_spawn_refuses_the_connection_and_serving_goes_on() {
         eprintln!("skipped: needs root, to run the server as a user of its own under a task limit");
         return;
     };
-    let threads = |pid: u32| -> u64 {
+    let threads = |pid: u32| -> libc::rlim_t {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()

@@ -133,12 +133,16 @@ pub fn assert_fails(o: &Output, code: i32, needle: &str) {
 /// a run that would read without end fails instead of taking the machine.
 pub fn run_limited(mut cmd: Command, limit: std::time::Duration) -> (Output, bool) {
     use std::os::unix::process::CommandExt;
+    // 8 GiB, or all a 32-bit rlim_t holds.
+    let limit_as = "8589934592"
+        .parse::<libc::rlim_t>()
+        .unwrap_or(libc::rlim_t::MAX);
     // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let cap = libc::rlimit {
-                rlim_cur: 8 << 30,
-                rlim_max: 8 << 30,
+                rlim_cur: limit_as,
+                rlim_max: limit_as,
             };
             if libc::setrlimit(libc::RLIMIT_AS, &cap) != 0 {
                 return Err(std::io::Error::last_os_error());
