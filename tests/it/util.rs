@@ -78,8 +78,11 @@ pub fn copy_bundle(dir: &Path) -> tempfile::TempDir {
 /// `qemu-aarch64 -L /usr/aarch64-linux-gnu`: without binfmt_misc the kernel
 /// cannot exec an ARM binary spawned by a test, so the test runs it through
 /// the emulator.
+///
+/// `EDGE_BERT_TEST_BIN` runs the tests against another build of the binary
+/// instead (for example an older main's, to show which tests fail there).
 pub fn edge_bert() -> Command {
-    let bin = env!("CARGO_BIN_EXE_edge-bert");
+    let bin = bin();
     match std::env::var("EDGE_BERT_TEST_RUNNER") {
         Ok(r) if !r.trim().is_empty() => {
             let mut words = r.split_whitespace();
@@ -89,6 +92,14 @@ pub fn edge_bert() -> Command {
         }
         _ => Command::new(bin),
     }
+}
+
+/// The binary under test: `EDGE_BERT_TEST_BIN`, else the one cargo built.
+fn bin() -> String {
+    std::env::var("EDGE_BERT_TEST_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_edge-bert").to_string())
 }
 
 /// True when the tests run under an emulator (see [`edge_bert`]).
@@ -192,7 +203,7 @@ pub fn edge_bert_as(uid: u32) -> Option<Command> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.path().join("edge-bert");
-        std::fs::copy(env!("CARGO_BIN_EXE_edge-bert"), &bin).unwrap();
+        std::fs::copy(self::bin(), &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         (dir, bin)
     });
