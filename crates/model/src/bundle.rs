@@ -51,7 +51,57 @@ impl Bundle {
     /// model, for example on another thread while the model is decoded.
     /// Everything else, the model file's size included, is checked here.
     pub fn load_dir_deferred(dir: impl AsRef<Path>) -> Result<(Bundle, ModelCheck)> {
+        Bundle::load_checked(dir.as_ref(), |_| Ok(()))
+    }
+
+    /// Like [`Bundle::load_dir`], for a device that trusts `keys`: the
+    /// signature (`manifest.sig`) is checked over the exact bytes of
+    /// `manifest.json` before anything is parsed, then the manifest must
+    /// name the same key and a `version` of at least `min_version` (the
+    /// highest this device has run: no rollback). Every other file is then
+    /// checked against the signed sums as usual.
+    pub fn load_dir_signed(
+        dir: impl AsRef<Path>,
+        keys: &crate::signing::TrustedKeys,
+        min_version: u64,
+    ) -> Result<(Bundle, Signed)> {
         let dir = dir.as_ref();
+        let mut key_id = String::new();
+        let (bundle, check) = Bundle::load_checked(dir, |manifest| {
+            let sig_path = dir.join(crate::signing::SIGNATURE_FILE);
+            let sig = match read_file(&sig_path, 4096) {
+                Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                Err(Error::MissingFile { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            key_id = keys.verify(manifest, sig.as_deref())?;
+            Ok(())
+        })?;
+        check.run(&bundle.model_bytes)?;
+        let m = &bundle.manifest;
+        if m.key_id.as_deref() != Some(key_id.as_str()) {
+            return Err(Error::Signature(format!(
+                "the manifest names key {:?} but was signed with {key_id}",
+                m.key_id
+            )));
+        }
+        let version = m
+            .version
+            .ok_or_else(|| Error::Signature("a signed manifest must have a version".into()))?;
+        if version < min_version {
+            return Err(Error::Signature(format!(
+                "version {version} is older than version {min_version}, which this device has already run (no rollback)"
+            )));
+        }
+        Ok((bundle, Signed { key_id, version }))
+    }
+
+    /// Loads a bundle; `check` sees the exact bytes of `manifest.json`
+    /// before they are parsed.
+    fn load_checked(
+        dir: &Path,
+        check: impl FnOnce(&[u8]) -> Result<()>,
+    ) -> Result<(Bundle, ModelCheck)> {
         if !dir.is_dir() {
             return Err(Error::MissingModelDir {
                 path: dir.to_path_buf(),
@@ -59,6 +109,7 @@ impl Bundle {
         }
         let manifest_path = dir.join("manifest.json");
         let text = read_file(&manifest_path, MAX_MANIFEST_BYTES)?;
+        check(&text)?;
         let text = String::from_utf8(text).map_err(|_| Error::Manifest {
             path: manifest_path.clone(),
             reason: "not valid UTF-8".into(),
@@ -112,6 +163,21 @@ impl Bundle {
             model_file: None,
         })
     }
+}
+
+/// What [`Bundle::load_dir_signed`] verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// The trusted key that signed the bundle.
+    pub key_id: String,
+    /// The bundle's version.
+    pub version: u64,
+}
+
+/// Reads a file the manifest lists, checked by size and SHA-256 (for the
+/// bundle's other files, such as its self-test).
+pub fn read_listed(dir: &Path, manifest: &Manifest, name: &str) -> Result<Vec<u8>> {
+    read_verified(dir, manifest, name)
 }
 
 /// The model file's hash check that [`Bundle::load_dir_deferred`] left to do.

@@ -72,6 +72,11 @@ pub enum Error {
     #[error("{path}: no examples")]
     EmptyData { path: PathBuf },
 
+    /// A bundle's signature is missing, damaged, by an untrusted key, or
+    /// its version is older than one already run (see `signing`).
+    #[error("bundle signature: {0}")]
+    Signature(String),
+
     /// A request or option is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -34,6 +34,9 @@
 //! - [`bundle`]: reading a bundle from a directory or from memory, with
 //!   every file checked by size and SHA-256; writing one (`write`
 //!   feature, host tools only).
+//! - [`signing`]: Ed25519 signatures over `manifest.json`, trusted keys
+//!   (pure; signing itself behind the `write` feature).
+//! - [`selftest`]: a bundle's golden texts and the answers it must give.
 //! - [`embedded`]: the default model compiled in (`embedded-model`
 //!   feature).
 //! - [`tokenize`]: BERT WordPiece from the bundle's `tokenizer.json`,
@@ -57,6 +60,8 @@ pub mod manifest;
 pub mod memory;
 mod postprocess;
 pub mod rows;
+pub mod selftest;
+pub mod signing;
 pub mod tokenize;
 mod weights;
 

@@ -49,6 +49,13 @@ pub struct Manifest {
     /// Where the model and data came from; free-form.
     #[serde(default)]
     pub provenance: serde_json::Value,
+    /// The bundle's release number, set when it is signed; a device that
+    /// checks signatures never runs a lower one than it has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The id of the key the bundle is signed with (see `signing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// The input roles the engine knows how to fill.
@@ -205,6 +212,8 @@ mod tests {
                 },
             ],
             provenance: serde_json::Value::Null,
+            version: None,
+            key_id: None,
         }
     }
 

@@ -1,0 +1,118 @@
+//! A bundle's self-test: golden texts and the probabilities the bundle
+//! must give for them, in `selftest.jsonl` (one `{"text", "probs"}` object
+//! per line). The file is listed in the manifest like any other, so a
+//! signed bundle's self-test is signed too. A server runs it before it
+//! swaps a new model in: a bundle that does not answer as it did when it
+//! was made is not served.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::Classifier;
+
+/// The self-test's file name in a bundle.
+pub const FILE: &str = "selftest.jsonl";
+
+/// How far each probability may be from the golden one.
+pub const TOLERANCE: f32 = 0.02;
+
+/// Texts [`make`] uses: short and long, plain and odd.
+pub const SAMPLE_TEXTS: [&str; 6] = [
+    "a gorgeous, moving and beautifully acted film",
+    "what a waste of two hours",
+    "ok",
+    "éclairs, 東京 and 🎬: oddly watchable, if you are patient with its slow first act and forgive a clumsy, overlong ending that undoes some of the good work before it",
+    "THE PLOT MAKES NO SENSE!!! but the music is lovely",
+    "neither good nor bad; it simply exists, and then it is over",
+];
+
+/// One golden text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    pub text: String,
+    /// The probability of every label, in manifest order.
+    pub probs: Vec<f32>,
+}
+
+/// Parses a `selftest.jsonl`.
+pub fn parse(bytes: &[u8]) -> Result<Vec<Case>> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| Error::Model(format!("{FILE}: not UTF-8")))?;
+    let cases: Vec<Case> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Model(format!("{FILE}:{}: {e}", i + 1)))
+        })
+        .collect::<Result<_>>()?;
+    if cases.is_empty() {
+        return Err(Error::Model(format!("{FILE}: no cases")));
+    }
+    Ok(cases)
+}
+
+/// Runs every case; `Ok` is the largest difference seen, `Err` names the
+/// first text whose answer is off by more than [`TOLERANCE`].
+pub fn run(clf: &mut Classifier, cases: &[Case]) -> Result<f32> {
+    let mut worst = 0.0f32;
+    for (i, case) in cases.iter().enumerate() {
+        let c = clf.classify(&case.text)?;
+        if c.scores.len() != case.probs.len() {
+            return Err(Error::Model(format!(
+                "self-test case {}: the model gives {} labels, the self-test {}",
+                i + 1,
+                c.scores.len(),
+                case.probs.len()
+            )));
+        }
+        for ((label, p), want) in c.scores.iter().zip(&case.probs) {
+            let d = (p - want).abs();
+            if d.is_nan() || d > TOLERANCE {
+                return Err(Error::Model(format!(
+                    "self-test case {} ({:?}) failed: {label} is {p:.4}, expected {want:.4} (tolerance {TOLERANCE})",
+                    i + 1,
+                    case.text
+                )));
+            }
+            worst = worst.max(d);
+        }
+    }
+    Ok(worst)
+}
+
+/// A self-test for a loaded bundle: its answers to `texts`, as JSON lines.
+pub fn make(clf: &mut Classifier, texts: &[&str]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for text in texts {
+        let c = clf.classify(text)?;
+        let case = Case {
+            text: text.to_string(),
+            probs: c.scores.iter().map(|(_, p)| *p).collect(),
+        };
+        out.extend_from_slice(
+            serde_json::to_string(&case)
+                .map_err(|e| Error::Model(e.to_string()))?
+                .as_bytes(),
+        );
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        let ok = b"{\"text\":\"a\",\"probs\":[0.25,0.75]}\n\n{\"text\":\"b\",\"probs\":[1,0]}\n";
+        assert_eq!(parse(ok).unwrap().len(), 2);
+        assert!(parse(b"").is_err());
+        assert!(parse(b"{\"text\":1}")
+            .unwrap_err()
+            .to_string()
+            .contains(":1:"));
+        assert!(parse(b"\xff").is_err());
+    }
+}
