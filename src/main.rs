@@ -53,10 +53,20 @@ enum Command {
         echo '{\"id\":1,\"text\":\"great film\"}' | socat - UNIX-CONNECT:/tmp/edge-bert.sock\n\n\
         With --serial and neither --socket nor --tcp, only the serial port is served.\n\
         SIGTERM or SIGINT: stop accepting, answer every line that arrived (run for 5 s, then\n\
-        shutting_down), remove the socket this server made, exit 0. SIGHUP: logged, ignored.\n\
+        shutting_down), remove the socket this server made, exit 0. SIGHUP: reload the model\n\
+        from --model DIR (as `edge-bert reload`); with the embedded model it is ignored.\n\
         Exit 1 after an internal failure (the inference worker panicked): restart it."
     )]
     Serve(cli::serve::Args),
+    /// Ask a running server to load its model again from its path (Unix socket only).
+    #[command(
+        after_help = "Example:\n  edge-bert reload --socket /run/edge-bert/edge-bert.sock\n\n\
+        The server verifies the bundle (signature and version with --trusted-keys), warms it up,\n\
+        runs its self-test and checks --memory-budget, then swaps it in between two requests.\n\
+        Exit codes: 0 swapped in, 1 refused (the old model keeps serving), 5 server unreachable.\n\
+        SIGHUP to the server does the same in the background."
+    )]
+    Reload(cli::reload::Args),
     /// Measure accuracy on a labelled file (LABEL<TAB>text per line).
     #[command(
         after_help = "Example:\n  edge-bert eval --model models/sentiment-fp32 \
@@ -90,6 +100,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Classify(a) => cli::classify::run(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Reload(a) => cli::reload::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Info(a) => cli::info::run(a),

@@ -13,6 +13,8 @@ mod deploy;
 mod golden;
 #[path = "it/reliability.rs"]
 mod reliability;
+#[path = "it/reload.rs"]
+mod reload;
 #[path = "it/serial.rs"]
 mod serial;
 #[path = "it/serve.rs"]

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod classify;
 pub mod eval;
 pub mod info;
+pub mod reload;
 pub mod serve;
 
 /// When main() started (for `bench`'s cold-start figure).

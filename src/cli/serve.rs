@@ -1,10 +1,11 @@
 //! `edge-bert serve`: settings checked, the model loaded and warmed up,
 //! start-up memory handed back, then `edge_bert::serve`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use edge_bert::serve as server;
+use edge_bert_model::signing::TrustedKeys;
 use edge_bert_model::Error;
 
 use super::{load, Failure, EXIT_MODEL, EXIT_USAGE};
@@ -43,6 +44,13 @@ pub struct Args {
     /// Also serve this serial port (UART, USB gadget); reopened if it goes away.
     #[arg(long, value_name = "DEV")]
     pub serial: Option<PathBuf>,
+    /// Serve only bundles signed by one of the public keys (*.pub) in DIR,
+    /// at a version no lower than any run before (needs --model).
+    #[arg(long, value_name = "DIR", requires = "model")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Where the highest model version run is kept (with --trusted-keys).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/edge-bert")]
+    pub state_dir: PathBuf,
     /// Baud rate for --serial (8N1, raw).
     #[arg(long, default_value_t = 115_200, value_name = "N", requires = "serial")]
     pub baud: u32,
@@ -61,18 +69,30 @@ pub fn run(a: Args) -> Result<(), Failure> {
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
         serial: a.serial,
         baud: a.baud,
+        source: None,
+        signed: None,
     };
-    serve(
-        a.model.as_deref(),
-        cfg,
-        a.allow_non_loopback,
-        a.memory_budget,
-    )
+    let keys = match &a.trusted_keys {
+        Some(dir) => Some(
+            TrustedKeys::load_dir(dir)
+                .map_err(|e| Failure::new(EXIT_USAGE, format!("--trusted-keys: {e}")))?,
+        ),
+        None => None,
+    };
+    let source = a.model.as_ref().map(|dir| server::ModelSource {
+        dir: dir.clone(),
+        high_water: keys
+            .as_ref()
+            .map(|_| a.state_dir.join("version-high-water")),
+        keys,
+        memory_budget_mib: a.memory_budget,
+    });
+    serve(source, cfg, a.allow_non_loopback, a.memory_budget)
 }
 
 fn serve(
-    model: Option<&Path>,
-    cfg: server::Config,
+    source: Option<server::ModelSource>,
+    mut cfg: server::Config,
     allow_non_loopback: bool,
     memory_budget: Option<u64>,
 ) -> Result<(), Failure> {
@@ -113,8 +133,36 @@ fn serve(
         signal_hook::flag::register(sig, Arc::clone(flag))
             .map_err(|e| Failure::new(1, format!("installing signal handler: {e}")))?;
     }
-    let mut clf = load(model, None)?;
-    server::warm_up(&mut clf).map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
+    let clf = match &source {
+        // Signed: the signature and version are checked before the model
+        // is parsed; the bundle's self-test runs after warm-up.
+        Some(src) if src.keys.is_some() => {
+            let (clf, signed, worst) =
+                server::reload::load(src).map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
+            if let (Some(path), Some(s)) = (&src.high_water, &signed) {
+                server::reload::raise_high_water(path, s.version).map_err(|e| {
+                    Failure::new(EXIT_MODEL, format!("recording the version run: {e}"))
+                })?;
+                log::info!(
+                    "signed by key {}, version {}; self-test largest difference {:?}",
+                    s.key_id,
+                    s.version,
+                    worst
+                );
+            }
+            cfg.signed = signed;
+            clf
+        }
+        _ => {
+            let mut clf = load(source.as_ref().map(|s| s.dir.as_path()), None)?;
+            server::warm_up(&mut clf).map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
+            if source.is_some() {
+                log::warn!("serving an unsigned bundle (no --trusted-keys)");
+            }
+            clf
+        }
+    };
+    cfg.source = source;
     let peak = server::peak_rss_kib();
     // The sessions' buffers are allocated as clients connect: count them
     // all in the budget now.

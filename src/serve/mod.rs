@@ -5,7 +5,9 @@
 //! - this file: settings, listeners, the accept loop, shutdown;
 //! - `session`: the one session loop every transport runs;
 //! - `worker`: the inference worker and the way a session hands it a text;
-//! - `serial`: keeping the serial port open (reopened when it comes back).
+//! - `serial`: keeping the serial port open (reopened when it comes back);
+//! - `reload`: loading a model to serve (verified, warmed up, self-tested)
+//!   at start-up and on reload, and swapping it in.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -19,11 +21,13 @@ use std::time::Duration;
 
 use edge_bert_model::{alloc_probe, Classifier, Error, Result};
 use edge_bert_wire::{encode_error, frame, label_tokens, ErrorCode, MAX_TEXTS};
-use serde_json::{json, Value};
 
+pub mod reload;
 mod serial;
 mod session;
 mod worker;
+
+pub use reload::{ModelId, ModelSource};
 
 /// How often blocked loops look at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
@@ -45,6 +49,12 @@ pub struct Config {
     /// A serial port to serve as well (`--serial`), and its baud rate.
     pub serial: Option<PathBuf>,
     pub baud: u32,
+    /// Where the model was loaded from, to load it again on SIGHUP or the
+    /// `reload` op; `None` for the embedded model (nothing to reload).
+    pub source: Option<ModelSource>,
+    /// What was verified about the model given to [`serve`] (its signing
+    /// key and version), when it was signed.
+    pub signed: Option<edge_bert_model::bundle::Signed>,
 }
 
 /// The range each limit of [`Config`] must lie in, checked by
@@ -176,12 +186,16 @@ impl Metrics {
 pub(crate) struct Shared {
     pub(crate) jobs: Mutex<Option<SyncSender<worker::Job>>>,
     pub(crate) metrics: Metrics,
-    pub(crate) info: Value,
+    /// The model serving now (the worker holds the same one; replaced on
+    /// reload).
+    pub(crate) served: Mutex<Arc<reload::Served>>,
+    pub(crate) source: Option<ModelSource>,
+    /// A reload is running (there is one at a time).
+    pub(crate) reloading: AtomicBool,
+    pub(crate) reload_status: Mutex<reload::Status>,
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) clients: AtomicUsize,
     pub(crate) cfg: Config,
-    /// Labels as JSON string tokens, escaped once.
-    pub(crate) labels: Vec<String>,
     /// Response buffer capacity that no classification response exceeds
     /// (unless its id is longer than the line limit allows).
     pub(crate) out_capacity: usize,
@@ -419,7 +433,7 @@ pub fn warm_up(clf: &mut Classifier) -> Result<()> {
 pub struct Signals {
     /// SIGTERM/SIGINT: stop accepting, answer every accepted line, exit.
     pub shutdown: Arc<AtomicBool>,
-    /// SIGHUP: logged and otherwise ignored (there is nothing to reload yet).
+    /// SIGHUP: reload the model from its path, in the background.
     pub hangup: Arc<AtomicBool>,
 }
 
@@ -446,30 +460,28 @@ pub fn serve(clf: Classifier, cfg: Config, signals: Signals) -> Result<()> {
         }
         None => None,
     };
-    let info = json!({
-        "model": clf.manifest().name,
-        "precision": clf.manifest().precision,
-        "labels": clf.manifest().labels,
-        "max_seq_len": clf.manifest().max_seq_len,
-        "buckets": clf.engine().buckets(),
-        "version": env!("CARGO_PKG_VERSION"),
-    });
+    let served = Arc::new(reload::Served::new(
+        &clf,
+        ModelId::of(&clf, cfg.signed.as_ref()),
+    ));
     let (tx, rx) = mpsc::sync_channel::<worker::Job>(cfg.queue);
-    let labels = label_tokens(&clf.manifest().labels);
     let shared = Arc::new(Shared {
         jobs: Mutex::new(Some(tx)),
         metrics: Metrics::new(),
-        info,
+        out_capacity: out_capacity(cfg.max_text_bytes, &served.labels),
+        served: Mutex::new(served.clone()),
+        source: cfg.source.clone(),
+        reloading: AtomicBool::new(false),
+        reload_status: Mutex::new(reload::Status::default()),
         shutdown: shutdown.clone(),
         clients: AtomicUsize::new(0),
         cfg: cfg.clone(),
-        out_capacity: out_capacity(cfg.max_text_bytes, &labels),
-        labels,
         failure: Mutex::new(None),
         fault: Fault::from_env(),
     });
+    log::info!("serving model {}", served.id.tag());
 
-    let worker = worker::spawn(clf, rx, shared.clone())?;
+    let worker = worker::spawn(clf, served, rx, shared.clone())?;
 
     if let Some(p) = &cfg.socket {
         log::info!("listening on {}", p.display());
@@ -494,7 +506,7 @@ pub fn serve(clf: Classifier, cfg: Config, signals: Signals) -> Result<()> {
     notify_ready();
     while !shutdown.load(Ordering::SeqCst) {
         if signals.hangup.swap(false, Ordering::SeqCst) {
-            log::info!("SIGHUP: there is no model reload yet; ignored, still serving");
+            hangup(&shared);
         }
         let mut accepted = false;
         if let Some(l) = &unix {
@@ -530,6 +542,24 @@ pub fn serve(clf: Classifier, cfg: Config, signals: Signals) -> Result<()> {
     match shared.failure() {
         Some(why) => Err(Error::Model(why)),
         None => Ok(()),
+    }
+}
+
+/// SIGHUP: reload the model in the background (the accept loop goes on).
+fn hangup(shared: &Arc<Shared>) {
+    if shared.source.is_none() {
+        log::info!("SIGHUP: the embedded model is served, nothing to reload; ignored");
+        return;
+    }
+    log::info!("SIGHUP: reloading the model");
+    let shared = shared.clone();
+    let started = std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let _ = reload::run(&shared);
+        });
+    if let Err(e) = started {
+        log::error!("SIGHUP: cannot start the reload thread ({e}); still serving the old model");
     }
 }
 
@@ -629,6 +659,8 @@ fn spawn_client(shared: &Arc<Shared>, conn: Conn) -> Option<std::thread::JoinHan
 /// One connection's thread: a `--max-clients` slot, then the session.
 fn client(shared: &Shared, conn: Conn) {
     alloc_probe::mark_loop_thread();
+    // Only the Unix socket (file permissions: its group) may reload.
+    let control = matches!(conn, Conn::Unix(_));
     let Ok((read, mut write)) = conn.split() else {
         return;
     };
@@ -647,7 +679,7 @@ fn client(shared: &Shared, conn: Conn) {
     }
     let _slot = ClientSlot(&shared.clients);
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        session::run(shared, read, &mut write, session::Link::Stream)
+        session::run(shared, read, &mut write, session::Link::Stream { control })
     }));
     match run {
         Ok(Ok(())) => {}

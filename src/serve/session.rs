@@ -15,6 +15,7 @@ use edge_bert_wire::{
 };
 use serde_json::json;
 
+use super::reload::{self, Served};
 use super::worker::Slot;
 use super::{peak_rss_kib, Fault, Shared, SHUTDOWN_GRACE};
 
@@ -22,8 +23,9 @@ use super::{peak_rss_kib, Fault, Shared, SHUTDOWN_GRACE};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Link {
     /// A socket: plain lines; a client silent for `--idle-timeout` is
-    /// closed; end of input ends the session.
-    Stream,
+    /// closed; end of input ends the session. `control`: the Unix socket,
+    /// where `reload` is allowed.
+    Stream { control: bool },
     /// A serial port: lines may carry a CRC-32 suffix ([`frame`]), and once
     /// one has, every line must (a line without one is then damage, not a
     /// person typing). End of input means the port went away.
@@ -44,7 +46,7 @@ impl Link {
     /// The longest line this link reads, for `max_text_bytes` of request.
     fn max_line(self, max_text_bytes: usize) -> usize {
         match self {
-            Link::Stream => max_text_bytes,
+            Link::Stream { .. } => max_text_bytes,
             Link::Serial { .. } => max_text_bytes + frame::SUFFIX_LEN,
         }
     }
@@ -154,7 +156,9 @@ pub(super) fn run(
                     if stopping {
                         return Ok(());
                     }
-                    if link == Link::Stream && idle_since.elapsed() >= shared.cfg.idle_timeout {
+                    if matches!(link, Link::Stream { .. })
+                        && idle_since.elapsed() >= shared.cfg.idle_timeout
+                    {
                         let _ = writeln!(
                             write,
                             "{}",
@@ -175,7 +179,7 @@ pub(super) fn run(
         let seal = match line {
             Line::Eof => {
                 return match link {
-                    Link::Stream => Ok(()),
+                    Link::Stream { .. } => Ok(()),
                     Link::Serial { .. } => Err(std::io::ErrorKind::BrokenPipe.into()),
                 }
             }
@@ -191,7 +195,8 @@ pub(super) fn run(
             Line::Full(bytes) => match link.frame(bytes) {
                 Framed::Skip => continue,
                 Framed::Body(body, seal) => {
-                    respond(shared, body, &mut session, stage != Stage::Serving);
+                    let control = matches!(link, Link::Stream { control: true });
+                    respond(shared, body, &mut session, stage != Stage::Serving, control);
                     seal
                 }
                 Framed::Corrupt(message) => {
@@ -216,12 +221,13 @@ fn error(shared: &Shared, out: &mut Vec<u8>, code: ErrorCode, message: &str) {
     out.extend_from_slice(encode_error(None, code, message).as_bytes());
 }
 
-fn scored(o: &Outcome) -> Scored<'_> {
+fn scored<'a>(o: &'a Outcome, served: &'a Served) -> Scored<'a> {
     Scored {
         best: o.best,
         probs: &o.probs,
         tokens: o.tokens,
         truncated: o.truncated,
+        model: Some(&served.token),
     }
 }
 
@@ -230,7 +236,7 @@ fn scored(o: &Outcome) -> Scored<'_> {
 /// `shutting_down` instead of running them. Every id is echoed as the raw
 /// token it was sent as. A classification allocates nothing here (see
 /// `tests/it/alloc.rs`); ops and errors may.
-fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool) {
+fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool, control: bool) {
     session.out.clear();
     let req = match decode(bytes, &mut session.texts) {
         Ok(r) => r,
@@ -253,7 +259,7 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool)
         return failed(out, id, ErrorCode::ShuttingDown, msg);
     }
     match req {
-        Req::Op { id, op } => respond_op(shared, id, op, out),
+        Req::Op { id, op } => respond_op(shared, id, op, out, control),
         Req::Classify { id } => {
             shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
             if let Some(Fault::SessionPanic(t)) = &shared.fault {
@@ -262,7 +268,9 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool)
                 }
             }
             match slot.classify(shared, texts.get(0)) {
-                Ok(o) => write_classification(out, id, &scored(&o), &shared.labels),
+                Ok((o, served)) => {
+                    write_classification(out, id, &scored(&o, &served), &served.labels)
+                }
                 Err((code, msg)) => failed(out, id, code, &msg),
             }
         }
@@ -271,12 +279,12 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool)
             write_results_start(out, id);
             for (i, text) in texts.iter().enumerate() {
                 match slot.classify(shared, text) {
-                    Ok(o) => {
+                    Ok((o, served)) => {
                         if i > 0 {
                             out.push(b',');
                         }
                         out.push(b'{');
-                        write_outcome(out, &scored(&o), &shared.labels);
+                        write_outcome(out, &scored(&o, &served), &served.labels);
                         out.push(b'}');
                     }
                     Err((code, msg)) => return failed(out, id, code, &msg),
@@ -287,17 +295,55 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool)
     }
 }
 
-/// Writes an op's answer into `out`: `{"id":<raw id>, ...}`.
-fn respond_op(shared: &Shared, id: Option<&RawValue>, op: Op, out: &mut Vec<u8>) {
+/// Writes an op's answer into `out`: `{"id":<raw id>, ...}`. `control`:
+/// the request came on the Unix socket, where `reload` is allowed.
+fn respond_op(shared: &Shared, id: Option<&RawValue>, op: Op, out: &mut Vec<u8>, control: bool) {
     let m = &shared.metrics;
+    let served = shared
+        .served
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let reloads = || {
+        let status = shared
+            .reload_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        serde_json::to_value(&*status).unwrap_or_default()
+    };
     let body = match op {
-        // The truth: a failed worker, a server that is stopping, or ok.
-        Op::Health => match shared.failure() {
-            Some(why) => json!({ "status": "failing", "error": why }),
-            None if shared.shutdown.load(Ordering::SeqCst) => json!({ "status": "stopping" }),
-            None => json!({ "status": "ok" }),
+        // The truth: a failed worker, a server that is stopping, or ok;
+        // the model serving, and how the last reload went.
+        Op::Health => {
+            let mut h = match shared.failure() {
+                Some(why) => json!({ "status": "failing", "error": why }),
+                None if shared.shutdown.load(Ordering::SeqCst) => json!({ "status": "stopping" }),
+                None => json!({ "status": "ok" }),
+            };
+            h["model"] = serde_json::to_value(&served.id).unwrap_or_default();
+            h["reload"] = reloads();
+            h
+        }
+        Op::Info => {
+            let mut info = served.info.clone();
+            info["reload"] = reloads();
+            json!({ "info": info })
+        }
+        Op::Reload if !control => {
+            let e = encode_error(
+                id,
+                ErrorCode::Forbidden,
+                "reload is accepted only on the Unix socket",
+            );
+            return out.extend_from_slice(e.as_bytes());
+        }
+        Op::Reload => match reload::run(shared) {
+            Ok(report) => report,
+            Err(why) => {
+                let e = encode_error(id, ErrorCode::ReloadFailed, &why);
+                return out.extend_from_slice(e.as_bytes());
+            }
         },
-        Op::Info => json!({ "info": shared.info }),
         Op::Metrics => {
             let (p50, p99) = m.percentiles();
             json!({ "metrics": {

@@ -1,6 +1,8 @@
 //! The inference worker: one thread that owns the classifier and answers
 //! texts from a bounded queue, and the per-session [`Slot`] through which a
-//! session hands it a text and waits for the answer.
+//! session hands it a text and waits for the answer. A reload hands it a
+//! new classifier through the same queue, so the swap falls between two
+//! texts: each answer comes from exactly one model, and says which.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -10,18 +12,31 @@ use std::time::Instant;
 use edge_bert_model::{alloc_probe, Classifier, Error, Outcome, Result};
 use edge_bert_wire::ErrorCode;
 
+use super::reload::Served;
 use super::{Fault, Shared, TICK};
 
-/// A text for the worker. The text buffer belongs to the session: it
-/// travels to the worker and comes back with the reply, so no request
-/// allocates one.
-pub(crate) struct Job {
-    text: String,
-    reply: SyncSender<Reply>,
+/// Work for the worker, in queue order.
+pub(crate) enum Job {
+    /// A text. The text buffer belongs to the session: it travels to the
+    /// worker and comes back with the reply, so no request allocates one.
+    Text {
+        text: String,
+        reply: SyncSender<Reply>,
+    },
+    /// A verified, warmed-up model to serve from the next text on; `done`
+    /// hears whether it was swapped in.
+    Swap {
+        clf: Box<Classifier>,
+        served: Arc<Served>,
+        done: SyncSender<bool>,
+    },
 }
 
-/// The text buffer, handed back, and the outcome.
-type Reply = (String, std::result::Result<Outcome, (ErrorCode, String)>);
+/// The text buffer, handed back, and the outcome with the model that gave it.
+type Reply = (String, Answer);
+
+/// An outcome and the model that gave it, or the error to answer.
+pub(super) type Answer = std::result::Result<(Outcome, Arc<Served>), (ErrorCode, String)>;
 
 /// Starts the worker. It ends when every sender of `jobs` is gone: after
 /// shutdown, once the queue is drained.
@@ -33,6 +48,7 @@ type Reply = (String, std::result::Result<Outcome, (ErrorCode, String)>);
 /// stops and exits 1 (systemd's `Restart=on-failure` starts it afresh).
 pub(super) fn spawn(
     mut clf: Classifier,
+    mut served: Arc<Served>,
     jobs: Receiver<Job>,
     shared: Arc<Shared>,
 ) -> Result<std::thread::JoinHandle<()>> {
@@ -42,24 +58,44 @@ pub(super) fn spawn(
             alloc_probe::mark_loop_thread();
             let mut failed = false;
             while let Ok(job) = jobs.recv() {
+                let job = match job {
+                    Job::Text { text, reply } => (text, reply),
+                    Job::Swap {
+                        clf: new,
+                        served: new_served,
+                        done,
+                    } => {
+                        // A failed worker stays failed: the server is stopping.
+                        if !failed {
+                            log::info!("model {} now serving", new_served.id.tag());
+                            clf = *new;
+                            served = new_served;
+                        }
+                        let _ = done.send(!failed);
+                        continue;
+                    }
+                };
                 shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+                let (text, reply) = job;
                 if failed {
                     let why = "the inference worker failed; the server is restarting".into();
-                    let _ = job.reply.send((job.text, Err((ErrorCode::Internal, why))));
+                    let _ = reply.send((text, Err((ErrorCode::Internal, why))));
                     continue;
                 }
                 let started = Instant::now();
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     if let Some(Fault::WorkerPanic(t)) = &shared.fault {
-                        if *t == job.text {
+                        if *t == text {
                             panic!("EDGE_BERT_FAULT: injected worker panic");
                         }
                     }
-                    clf.classify_outcome(&job.text)
+                    clf.classify_outcome(&text)
                 }));
                 shared.metrics.record(started.elapsed());
                 let r = match run {
-                    Ok(r) => r.map_err(|e| (ErrorCode::ModelError, e.to_string())),
+                    Ok(r) => r
+                        .map(|o| (o, served.clone()))
+                        .map_err(|e| (ErrorCode::ModelError, e.to_string())),
                     Err(panic) => {
                         failed = true;
                         let what = panic_message(&*panic);
@@ -71,10 +107,38 @@ pub(super) fn spawn(
                         ))
                     }
                 };
-                let _ = job.reply.send((job.text, r));
+                let _ = reply.send((text, r));
             }
         })
         .map_err(|e| Error::io("inference thread", e))
+}
+
+/// Hands a new model to the worker, behind the texts already queued, and
+/// waits until it serves.
+pub(super) fn swap(
+    shared: &Shared,
+    clf: Classifier,
+    served: Arc<Served>,
+) -> std::result::Result<(), String> {
+    let sender = shared
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or("the server is stopping")?;
+    let (done, swapped) = mpsc::sync_channel(1);
+    let job = Job::Swap {
+        clf: Box::new(clf),
+        served,
+        done,
+    };
+    sender
+        .send(job)
+        .map_err(|_| "the inference worker has stopped".to_string())?;
+    match swapped.recv() {
+        Ok(true) => Ok(()),
+        _ => Err("the inference worker failed; the model was not swapped in".into()),
+    }
 }
 
 /// The message a panic was raised with.
@@ -107,11 +171,7 @@ impl Slot {
 
     /// Runs one text (already unescaped) through the worker; `Err` is the
     /// error code and message to answer with.
-    pub(super) fn classify(
-        &mut self,
-        shared: &Shared,
-        text: &str,
-    ) -> std::result::Result<Outcome, (ErrorCode, String)> {
+    pub(super) fn classify(&mut self, shared: &Shared, text: &str) -> Answer {
         let sender = shared
             .jobs
             .lock()
@@ -127,13 +187,15 @@ impl Slot {
         buf.clear();
         buf.push_str(text);
         shared.metrics.queued.fetch_add(1, Ordering::Relaxed);
-        let job = Job {
+        let job = Job::Text {
             text: buf,
             reply: self.reply_tx.clone(),
         };
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = sender.try_send(job)
         {
-            self.text = Some(job.text);
+            if let Job::Text { text, .. } = job {
+                self.text = Some(text);
+            }
             shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
             shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
             return Err((

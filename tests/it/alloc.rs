@@ -102,6 +102,8 @@ fn serving_loop_allocates_nothing_per_request() {
         idle_timeout: Duration::from_secs(600),
         serial: None,
         baud: 115_200,
+        source: None,
+        signed: None,
     };
     let signals = server::Signals::default();
     let shutdown = signals.shutdown.clone();

@@ -310,6 +310,9 @@ fn corrupted_frames_are_reported_and_the_link_resynchronises() {
     let _server = serve_serial(dir, &dev, &[&tiny[0], &tiny[1]]);
     let ok = wire.ask(&json!({"id": 0, "op": "health"}));
     assert_eq!(ok["status"], "ok");
+    // Model reloads are for the Unix socket only.
+    let r = wire.ask(&json!({"id": 1, "op": "reload"}));
+    assert_eq!(code(&r), "forbidden", "{r}");
 
     let clean = Wire::frame(&json!({"id": 1, "text": "a fine film"}));
     let body = &clean[..clean.len() - 1];

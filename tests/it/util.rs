@@ -95,7 +95,7 @@ pub fn edge_bert() -> Command {
 }
 
 /// The binary under test: `EDGE_BERT_TEST_BIN`, else the one cargo built.
-fn bin() -> String {
+pub fn bin() -> String {
     std::env::var("EDGE_BERT_TEST_BIN")
         .ok()
         .filter(|b| !b.is_empty())

@@ -33,11 +33,16 @@ pub enum ErrorCode {
     ModelError,
     /// The server failed internally.
     Internal,
+    /// The request is not allowed on this transport (`reload` off the
+    /// Unix socket).
+    Forbidden,
+    /// A model reload was refused or failed; the old model keeps serving.
+    ReloadFailed,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidUtf8,
         ErrorCode::MalformedJson,
         ErrorCode::NotAnObject,
@@ -53,6 +58,8 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::ModelError,
         ErrorCode::Internal,
+        ErrorCode::Forbidden,
+        ErrorCode::ReloadFailed,
     ];
 
     /// The code as sent on the wire.
@@ -73,6 +80,8 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::ModelError => "model_error",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ReloadFailed => "reload_failed",
         }
     }
 

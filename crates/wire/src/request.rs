@@ -10,6 +10,8 @@ pub enum Op {
     Health,
     Info,
     Metrics,
+    /// Load the model again from its path (Unix socket only).
+    Reload,
 }
 
 /// A decoded request.
@@ -201,11 +203,12 @@ pub fn decode<'a>(line: &'a [u8], texts: &mut Texts) -> Result<Req<'a>, Refusal>
             r#""health""# => Op::Health,
             r#""info""# => Op::Info,
             r#""metrics""# => Op::Metrics,
+            r#""reload""# => Op::Reload,
             other => {
                 return Err(refuse(
                     id,
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other}; expected health, info or metrics"),
+                    format!("unknown op {other}; expected health, info, metrics or reload"),
                 ))
             }
         };

@@ -39,6 +39,10 @@ pub fn write_outcome(out: &mut Vec<u8>, o: &Scored<'_>, labels: &[String]) {
         "}},\"tokens\":{},\"truncated\":{}",
         o.tokens, o.truncated
     );
+    if let Some(model) = o.model {
+        out.extend_from_slice(b",\"model\":");
+        out.extend_from_slice(model.as_bytes());
+    }
 }
 
 /// Writes `{"id":..,` then the outcome's fields and `}`.
@@ -90,6 +94,9 @@ pub struct Scored<'a> {
     pub tokens: usize,
     /// Whether the text was cut to the model's maximum length.
     pub truncated: bool,
+    /// The model that answered, as a JSON string token (`"name@version"`),
+    /// written as `"model"` when given.
+    pub model: Option<&'a str>,
 }
 
 /// A classification read back from a response line by a client.
@@ -166,6 +173,7 @@ mod tests {
             probs: &[0.25, 0.75],
             tokens: 12,
             truncated: false,
+            model: None,
         };
         let mut out = Vec::with_capacity(512);
         let mut texts = Texts::default();
@@ -188,6 +196,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], json!(null));
         assert_eq!(v["results"][0]["tokens"], 12);
+        // The answering model, when given.
+        out.clear();
+        let named = Scored {
+            model: Some(r#""sentiment@3""#),
+            ..o
+        };
+        write_classification(&mut out, None, &named, &labels);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "sentiment@3");
     }
 
     #[test]
@@ -198,6 +215,7 @@ mod tests {
             probs: &[0.5, 0.5],
             tokens: 3,
             truncated: true,
+            model: None,
         };
         let mut out = Vec::new();
         let id = serde_json::from_str::<&RawValue>("41").unwrap();
