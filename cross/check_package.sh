@@ -22,6 +22,9 @@ for f in usr/bin/edge-bert lib/systemd/system/edge-bert.service etc/default/edge
   [ -f "$X/root/$f" ] || fail "missing /$f"
 done
 [ -x "$X/root/usr/bin/edge-bert" ] || fail "/usr/bin/edge-bert is not executable"
+for d in etc/edge-bert/keys var/lib/edge-bert/models; do
+  [ -d "$X/root/$d" ] || fail "missing directory /$d"
+done
 for s in postinst prerm postrm; do
   [ -x "$X/control/$s" ] || fail "missing maintainer script $s"
   sh -n "$X/control/$s" || fail "$s does not parse"

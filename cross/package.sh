@@ -45,6 +45,9 @@ STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 PKG="$STAGE/edge-bert"
 install -d "$PKG/DEBIAN" "$PKG/usr/bin" "$PKG/lib/systemd/system" "$PKG/etc/default" "$PKG/usr/share/doc/edge-bert"
+# Model updates: trusted public keys, and the bundle slots with their
+# `current` link (cross/deploy.sh --model-only fills them).
+install -d -m 0755 "$PKG/etc/edge-bert/keys" "$PKG/var/lib/edge-bert/models"
 "$PREFIX-strip" -o "$PKG/usr/bin/edge-bert" "$BIN"
 chmod 0755 "$PKG/usr/bin/edge-bert"
 install -m 0644 "$ROOT/deploy/edge-bert.service" "$PKG/lib/systemd/system/edge-bert.service"

@@ -110,3 +110,47 @@ fn missing_package_is_an_error_when_not_dry() {
     assert!(stderr(&o).contains("no such package"));
     assert!(!ran(&fake));
 }
+
+/// `--model-only --dry-run`: copy into a new slot, flip `current`
+/// atomically, reload (with the way back), smoke test; no package, no
+/// restart, nothing run.
+#[test]
+fn model_only_dry_run_copies_a_slot_flips_reloads_and_can_roll_back() {
+    let bundle = copy_bundle(&int8_dir());
+    let dir = bundle.path().to_str().unwrap();
+    let (o, fake) = dry_run(&["--dry-run", "--model-only", dir, "pi@raspberrypi.local"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!ran(&fake), "a command ran in --dry-run");
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[0].starts_with("+ scp -r "), "{out}");
+    assert!(lines[0].contains(dir), "{out}");
+    assert!(
+        lines[1].contains("/var/lib/edge-bert/models/sentiment-int8-v0-"),
+        "{out}"
+    );
+    let flip = lines[2];
+    for part in [
+        "PREV=$(readlink current || true)",
+        "ln -sfn /var/lib/edge-bert/models/sentiment-int8-v0-",
+        "mv -T current.new current",
+        "edge-bert reload --socket /run/edge-bert/edge-bert.sock",
+        "ln -sfn \"$PREV\" current.new",
+        "exit 1",
+    ] {
+        assert!(flip.contains(part), "{part:?} not in {flip}");
+    }
+    assert!(lines[3].contains("edge-bert classify --socket"), "{out}");
+    for word in ["apt-get", "restart", "package.sh"] {
+        assert!(!out.contains(word), "{word} in a model-only update: {out}");
+    }
+    // Unsigned: said so (the board decides).
+    assert!(stderr(&o).contains("not signed"), "{}", stderr(&o));
+    // Not a bundle; with --deb: errors, nothing run.
+    let (o, fake) = dry_run(&["--dry-run", "--model-only", "/nonexistent", "pi@x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!ran(&fake));
+    let (o, _) = dry_run(&["--dry-run", "--model-only", dir, "--deb", "x.deb", "pi@x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
