@@ -11,7 +11,8 @@ use edge_bert_model::Outcome;
 use edge_bert_wire::frame::{self, Frame};
 use edge_bert_wire::response::{write_classification, write_outcome, write_results_start};
 use edge_bert_wire::{
-    decode, encode_error, ErrorCode, Line, LineReader, Op, RawValue, Req, Scored, Texts,
+    decode, encode_error, write_with_id, ErrorCode, Line, LineReader, Op, RawValue, Req, Scored,
+    Texts,
 };
 use serde_json::json;
 
@@ -357,10 +358,5 @@ fn respond_op(shared: &Shared, id: Option<&RawValue>, op: Op, out: &mut Vec<u8>,
             }})
         }
     };
-    let body = body.to_string();
-    out.extend_from_slice(b"{\"id\":");
-    out.extend_from_slice(id.map_or("null", |r| r.get()).as_bytes());
-    out.push(b',');
-    // The body is a non-empty object: `{` + fields + `}`.
-    out.extend_from_slice(&body.as_bytes()[1..]);
+    write_with_id(out, id, &body);
 }

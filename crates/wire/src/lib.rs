@@ -27,5 +27,5 @@ pub mod response;
 pub use code::ErrorCode;
 pub use line::{Line, LineReader};
 pub use request::{decode, decode_request, Op, Refusal, Req, Request, Texts, MAX_TEXTS};
-pub use response::{encode_error, label_tokens, Scored};
+pub use response::{encode_error, label_tokens, write_with_id, Scored};
 pub use serde_json::value::RawValue;

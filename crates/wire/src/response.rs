@@ -67,17 +67,33 @@ pub fn write_results_start(out: &mut Vec<u8>, id: Option<&RawValue>) {
     out.extend_from_slice(b",\"results\":[");
 }
 
-/// The response line for a refused or failed request (no trailing
-/// newline). The id is echoed as the raw token it was sent as (`null`
-/// when there was none), as classifications echo it.
-pub fn encode_error(id: Option<&RawValue>, code: ErrorCode, message: &str) -> String {
-    let error = serde_json::json!({ "code": code.as_str(), "message": message });
-    let mut out = Vec::with_capacity(64 + message.len());
+/// Writes `{"id":<raw id>,` then the fields of `body` (a JSON object)
+/// and `}`: an answer that echoes the id as the raw token it was sent as
+/// (`null` when there was none), as classifications echo it. A body that
+/// is not an object, or is empty, is written as `"result"`.
+pub fn write_with_id(out: &mut Vec<u8>, id: Option<&RawValue>, body: &serde_json::Value) {
     out.extend_from_slice(b"{\"id\":");
-    write_id(&mut out, id);
-    out.extend_from_slice(b",\"error\":");
-    out.extend_from_slice(error.to_string().as_bytes());
-    out.push(b'}');
+    write_id(out, id);
+    match body {
+        serde_json::Value::Object(fields) if !fields.is_empty() => {
+            // `{` + fields + `}`: the fields follow the id.
+            out.push(b',');
+            out.extend_from_slice(&body.to_string().as_bytes()[1..]);
+        }
+        other => {
+            out.extend_from_slice(b",\"result\":");
+            out.extend_from_slice(other.to_string().as_bytes());
+            out.push(b'}');
+        }
+    }
+}
+
+/// The response line for a refused or failed request (no trailing
+/// newline), its id echoed as sent (see [`write_with_id`]).
+pub fn encode_error(id: Option<&RawValue>, code: ErrorCode, message: &str) -> String {
+    let error = serde_json::json!({ "error": { "code": code.as_str(), "message": message } });
+    let mut out = Vec::with_capacity(64 + message.len());
+    write_with_id(&mut out, id, &error);
     // Both halves are UTF-8: the raw token was read from a str.
     String::from_utf8(out).unwrap_or_default()
 }
