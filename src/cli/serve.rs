@@ -164,13 +164,9 @@ fn serve(
     };
     cfg.source = source;
     let peak = server::peak_rss_kib();
-    // The sessions' buffers are allocated as clients connect: count them
-    // all in the budget now.
     let sessions = cfg.max_sessions();
-    let buffers = (sessions * cfg.session_bytes(&clf.manifest().labels)) as u64;
     if let (Some(budget), Some(peak)) = (memory_budget, peak) {
-        let peak_mib = peak.div_ceil(1024);
-        let buffers_mib = buffers.div_ceil(1 << 20);
+        let (peak_mib, buffers_mib) = cfg.memory_need_mib(peak, &clf.manifest().labels);
         let total = peak_mib + buffers_mib;
         if total > budget {
             return Err(Failure::new(
@@ -194,7 +190,7 @@ fn serve(
     );
     log::info!(
         "{sessions} sessions' buffers take up to {} KiB when all are open",
-        buffers / 1024
+        sessions * cfg.session_bytes(&clf.manifest().labels) / 1024
     );
     server::serve(clf, cfg, signals).map_err(|e| {
         let code = match e {

@@ -100,6 +100,14 @@ impl Config {
         let texts = 2 * (self.max_text_bytes + 8);
         line + texts + out_capacity(self.max_text_bytes, &label_tokens(labels))
     }
+
+    /// What `--memory-budget` is held to, in MiB: a resident peak (KiB)
+    /// and the buffers of [`Config::max_sessions`] sessions for a model
+    /// with these labels (allocated as clients connect, so counted now).
+    pub fn memory_need_mib(&self, peak_kib: u64, labels: &[String]) -> (u64, u64) {
+        let buffers = (self.max_sessions() * self.session_bytes(labels)) as u64;
+        (peak_kib.div_ceil(1024), buffers.div_ceil(1 << 20))
+    }
 }
 
 /// Response buffer capacity that no classification response exceeds

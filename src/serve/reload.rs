@@ -249,15 +249,11 @@ fn attempt(shared: &Shared) -> std::result::Result<Value, String> {
     let peak = peak_rss_kib().unwrap_or(0);
     let id = ModelId::of(&clf, signed.as_ref());
     if let Some(budget) = source.memory_budget_mib {
-        let buffers =
-            (shared.cfg.max_sessions() * shared.cfg.session_bytes(&clf.manifest().labels)) as u64;
-        let total = peak.div_ceil(1024) + buffers.div_ceil(1 << 20);
-        if total > budget {
+        let (peak_mib, buffers_mib) = shared.cfg.memory_need_mib(peak, &clf.manifest().labels);
+        if peak_mib + buffers_mib > budget {
             return Err(format!(
-                "{}: peak memory during the reload was {} MiB (old and new model) plus {} MiB of session buffers, over --memory-budget {budget}",
+                "{}: peak memory during the reload was {peak_mib} MiB (old and new model) plus {buffers_mib} MiB of session buffers, over --memory-budget {budget}",
                 id.tag(),
-                peak.div_ceil(1024),
-                buffers.div_ceil(1 << 20)
             ));
         }
     }
