@@ -84,8 +84,7 @@ pub fn sign(a: &SignArgs) -> Result<(), Failure> {
     let version = a
         .version
         .unwrap_or_else(|| current.manifest.version.map_or(1, |v| v + 1));
-    drop(current);
-    signing::sign_bundle(dir, &key, version).map_err(|e| Failure(5, e.to_string()))?;
+    signing::sign_loaded(dir, current, &key, version).map_err(|e| Failure(5, e.to_string()))?;
     // Load it back as a device that trusts this key would.
     let keys_dir = tempfile_dir()?;
     std::fs::write(keys_dir.join("signer.pub"), key.public().to_text())

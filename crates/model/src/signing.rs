@@ -285,8 +285,19 @@ impl SecretKey {
 /// temporary file and a rename.
 #[cfg(feature = "write")]
 pub fn sign_bundle(dir: &Path, key: &SecretKey, version: u64) -> Result<()> {
-    use crate::{bundle::Bundle, selftest, Classifier};
-    let bundle = Bundle::load_dir(dir)?;
+    sign_loaded(dir, crate::bundle::Bundle::load_dir(dir)?, key, version)
+}
+
+/// [`sign_bundle`] for a bundle the caller has already loaded from `dir`
+/// (so it is read and checked once).
+#[cfg(feature = "write")]
+pub fn sign_loaded(
+    dir: &Path,
+    bundle: crate::bundle::Bundle,
+    key: &SecretKey,
+    version: u64,
+) -> Result<()> {
+    use crate::{selftest, Classifier};
     let mut clf = Classifier::new(&bundle, None)?;
     let tests = selftest::make(&mut clf, &selftest::SAMPLE_TEXTS)?;
     drop(clf);
