@@ -88,6 +88,7 @@ enum Command {
 
 fn main() -> ExitCode {
     cli::START.get_or_init(std::time::Instant::now);
+    no_error_backtraces();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -111,5 +112,18 @@ fn main() -> ExitCode {
             eprintln!("edge-bert: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// tract reports errors through `anyhow`, which captures a backtrace with
+/// every error when `RUST_BACKTRACE` is set, and tract makes and drops
+/// such errors while it optimises a model (a one-shot classify ran 5× the
+/// instructions with `RUST_BACKTRACE=1`). `RUST_LIB_BACKTRACE=0` turns off
+/// that capture and leaves panic backtraces to `RUST_BACKTRACE`; a value
+/// the user set is kept. Called first thing in `main`, while this is the
+/// only thread (the environment is read by no other).
+fn no_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
 }
