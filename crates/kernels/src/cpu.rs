@@ -69,6 +69,27 @@ pub fn features() -> &'static Features {
     FEATURES.get_or_init(Features::detect)
 }
 
+/// tract's own kernel choice, set once before tract first looks at the
+/// CPU (called by [`crate::install`]). On aarch64, tract's SVE/SVE2 and
+/// SME kernels are turned off (`TRACT_SVE_DISABLE`, `TRACT_SME_DISABLE`),
+/// so a core with SVE runs the NEON/SDOT kernels that the boards run:
+/// under qemu's `max` CPU (128-bit SVE2) tract's SVE path cost 1,231.7 M
+/// instructions per 128-token text against 260.6 M for its SDOT path on
+/// cortex-a76 (bench/arm_icount.sh). The boards have no SVE; the
+/// environment variables still win over this, so `TRACT_SVE_DISABLE=0`
+/// brings the SVE kernels back.
+pub fn tune_tract() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        #[cfg(target_arch = "aarch64")]
+        for knob in ["TRACT_SVE_DISABLE", "TRACT_SME_DISABLE"] {
+            if let Err(e) = tract_onnx::tract_core::knobs::set_config_global(knob, "true") {
+                log::warn!("cannot set tract's {knob}: {e}");
+            }
+        }
+    });
+}
+
 /// A family of kernels with its own switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {

@@ -7,9 +7,10 @@
 //!
 //! # Layout
 //!
-//! - [`cpu`]: the CPU-feature table (detected once) and the override
+//! - [`cpu`]: the CPU-feature table (detected once), the override
 //!   switch of each kernel family (`EDGE_BERT_QMATMUL`, `_DYNQUANT`,
-//!   `_SOFTMAX`, `_GELU`, `_ATTENTION`).
+//!   `_SOFTMAX`, `_GELU`, `_ATTENTION`), and tract's own kernel knobs
+//!   ([`cpu::tune_tract`]: no SVE/SME kernels on aarch64).
 //! - `op`: the tract op shell (`Op` + `EvalOp`), written once for all ops.
 //! - [`dynquant`]: `DynamicQuantizeLinear` (range over the real tokens,
 //!   quantise), AVX-512/AVX2/NEON/portable.
@@ -61,6 +62,7 @@ pub struct Installed {
 /// this CPU allow) and returns tract's ONNX loader with the fused ops
 /// registered. The second step is [`Installed::swap`] on the typed model.
 pub fn install(proto: &mut ModelProto) -> (tract_onnx::Onnx, Installed) {
+    cpu::tune_tract();
     let mut done = Installed::default();
     if let Some(graph) = proto.graph.as_mut() {
         if qmatmul::chosen().is_some() {
