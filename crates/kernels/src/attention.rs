@@ -22,8 +22,11 @@
 //! head_dim]` layout (only `K` is transposed, per head, into a scratch
 //! buffer) and writes the output in that layout too, so no transpose op is
 //! left in the graph. The loops are plain f32 arithmetic compiled for
-//! AVX-512 or AVX2 when the CPU has them (chosen at run time; every build
-//! gives the same bits, as the sums run in the same order).
+//! AVX-512 or AVX2 when the CPU has them (chosen at run time; every x86
+//! build gives the same bits, as the sums run in the same order). On
+//! aarch64 the same loops use fused multiply-adds (`PORTABLE_FMA`): one
+//! rounding per step instead of two, so its bits differ from x86's in the
+//! last places (the golden tests' tolerances hold under qemu).
 //!
 //! Padding keys get a mask of `-f32::MAX`, so their weights are exactly 0
 //! and every sum over keys ends as it would without them: the output for
@@ -59,58 +62,96 @@ pub struct Dims {
     pub mask_rows: usize,
 }
 
-/// Scores of `R` query rows (`qs[r]`, one head's columns) against keys
-/// `j0..j0 + W`: `Σ_t qs[r][t] · kt[t][j]`, summed in `t` order, in
-/// fixed-size accumulators (registers; `R` independent sums hide the add
-/// latency).
+/// `a · b + c`: fused (one rounding, `FMLA` once vectorised) when `FMA`,
+/// else a multiply and an add.
 #[inline(always)]
-fn scores_block<const R: usize, const W: usize>(
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        c + a * b
+    }
+}
+
+/// `acc[r][l] = Σ_t xs[r][t] · m[off + t · stride + l]` for `l < W`,
+/// summed in `t` order, in fixed-size accumulators (registers; `R`
+/// independent sums hide the add latency). Both matmuls of the op are
+/// this: the scores (`xs` = query rows, `m` = `Kᵀ`) and the outputs (`xs`
+/// = weights, `m` = `V`). The bounds are checked once, up front; the loop
+/// takes `t` four at a time so each row's four `x` values are one load
+/// (on aarch64, `FMLA` by element), which changes no sum's order.
+///
+/// # Panics
+///
+/// If a row of `xs` is shorter than the first or `m` does not hold the
+/// rows read.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn block<const R: usize, const W: usize, const FMA: bool>(
+    xs: [&[f32]; R],
+    m: &[f32],
+    off: usize,
+    stride: usize,
+) -> [[f32; W]; R] {
+    let n = xs[0].len();
+    assert!(xs.iter().all(|x| x.len() >= n));
+    assert!(n == 0 || (n - 1) * stride + off + W <= m.len());
+    let mut acc = [[0f32; W]; R];
+    let step = |acc: &mut [[f32; W]; R], x: [f32; R], t: usize| {
+        // SAFETY: `t < n`, so `off + t · stride + W <= m.len()` (asserted).
+        let row = unsafe { &*(m.as_ptr().add(off + t * stride) as *const [f32; W]) };
+        for r in 0..R {
+            for l in 0..W {
+                acc[r][l] = madd::<FMA>(x[r], row[l], acc[r][l]);
+            }
+        }
+    };
+    let mut t = 0;
+    while t + 4 <= n {
+        // SAFETY: `t + 4 <= n <= xs[r].len()` (asserted).
+        let x4: [[f32; 4]; R] =
+            std::array::from_fn(|r| unsafe { *(xs[r].as_ptr().add(t) as *const [f32; 4]) });
+        for u in 0..4 {
+            step(&mut acc, std::array::from_fn(|r| x4[r][u]), t + u);
+        }
+        t += 4;
+    }
+    while t < n {
+        step(&mut acc, std::array::from_fn(|r| xs[r][t]), t);
+        t += 1;
+    }
+    acc
+}
+
+/// Scores of `R` query rows (`qs[r]`, one head's columns) against keys
+/// `j0..j0 + W`: `Σ_t qs[r][t] · kt[t][j]`.
+#[inline(always)]
+fn scores_block<const R: usize, const W: usize, const FMA: bool>(
     qs: [&[f32]; R],
     kt: &[f32],
     s: usize,
     j0: usize,
 ) -> [[f32; W]; R] {
-    let mut acc = [[0f32; W]; R];
-    for t in 0..qs[0].len() {
-        let k: &[f32; W] = kt[t * s + j0..][..W].try_into().expect("W keys");
-        for r in 0..R {
-            let qv = qs[r][t];
-            for l in 0..W {
-                acc[r][l] += qv * k[l];
-            }
-        }
-    }
-    acc
+    block::<R, W, FMA>(qs, kt, j0, s)
 }
 
 /// Outputs (head columns `base + c0..base + c0 + W` of `v`'s rows) of `R`
-/// query rows with weights `ps[r]`: `Σ_j ps[r][j] · v[j][c]`, summed in
-/// `j` order, in fixed-size accumulators.
+/// query rows with weights `ps[r]`: `Σ_j ps[r][j] · v[j][c]`.
 #[inline(always)]
-fn values_block<const R: usize, const W: usize>(
+fn values_block<const R: usize, const W: usize, const FMA: bool>(
     ps: [&[f32]; R],
     v: &[f32],
     hd: usize,
     base: usize,
 ) -> [[f32; W]; R] {
-    let mut acc = [[0f32; W]; R];
-    for j in 0..ps[0].len() {
-        let vr: &[f32; W] = v[base + j * hd..][..W].try_into().expect("W columns");
-        for r in 0..R {
-            let p = ps[r][j];
-            for l in 0..W {
-                acc[r][l] += p * vr[l];
-            }
-        }
-    }
-    acc
+    block::<R, W, FMA>(ps, v, base, hd)
 }
 
 /// One head of one item, rows `i0..i0 + R`: scores (before the softmax)
 /// into `scores`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn score_rows<const R: usize>(
+fn score_rows<const R: usize, const FMA: bool>(
     q: &[f32],
     kt: &[f32],
     qbase: usize,
@@ -125,21 +166,21 @@ fn score_rows<const R: usize>(
     // would not get the caller's target features).
     let mut j0 = 0;
     while j0 + 16 <= s {
-        let acc = scores_block::<R, 16>(qs, kt, s, j0);
+        let acc = scores_block::<R, 16, FMA>(qs, kt, s, j0);
         for (r, a) in acc.iter().enumerate() {
             scores[(i0 + r) * s + j0..][..16].copy_from_slice(a);
         }
         j0 += 16;
     }
     while j0 + 8 <= s {
-        let acc = scores_block::<R, 8>(qs, kt, s, j0);
+        let acc = scores_block::<R, 8, FMA>(qs, kt, s, j0);
         for (r, a) in acc.iter().enumerate() {
             scores[(i0 + r) * s + j0..][..8].copy_from_slice(a);
         }
         j0 += 8;
     }
     while j0 < s {
-        let acc = scores_block::<R, 1>(qs, kt, s, j0);
+        let acc = scores_block::<R, 1, FMA>(qs, kt, s, j0);
         for (r, a) in acc.iter().enumerate() {
             scores[(i0 + r) * s + j0] = a[0];
         }
@@ -150,7 +191,7 @@ fn score_rows<const R: usize>(
 /// One head of one item, rows `i0..i0 + R`: `P·V` into `out`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn value_rows<const R: usize>(
+fn value_rows<const R: usize, const FMA: bool>(
     scores: &[f32],
     v: &[f32],
     base: usize,
@@ -163,21 +204,21 @@ fn value_rows<const R: usize>(
     let ps: [&[f32]; R] = std::array::from_fn(|r| &scores[(i0 + r) * s..][..s]);
     let mut c0 = 0;
     while c0 + 16 <= dh {
-        let acc = values_block::<R, 16>(ps, v, hd, base + c0);
+        let acc = values_block::<R, 16, FMA>(ps, v, hd, base + c0);
         for (r, a) in acc.iter().enumerate() {
             out[base + (i0 + r) * hd + c0..][..16].copy_from_slice(a);
         }
         c0 += 16;
     }
     while c0 + 8 <= dh {
-        let acc = values_block::<R, 8>(ps, v, hd, base + c0);
+        let acc = values_block::<R, 8, FMA>(ps, v, hd, base + c0);
         for (r, a) in acc.iter().enumerate() {
             out[base + (i0 + r) * hd + c0..][..8].copy_from_slice(a);
         }
         c0 += 8;
     }
     while c0 < dh {
-        let acc = values_block::<R, 1>(ps, v, hd, base + c0);
+        let acc = values_block::<R, 1, FMA>(ps, v, hd, base + c0);
         for (r, a) in acc.iter().enumerate() {
             out[base + (i0 + r) * hd + c0] = a[0];
         }
@@ -186,7 +227,15 @@ fn value_rows<const R: usize>(
 }
 
 #[inline(always)]
-fn generic(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], d: Dims, scale: f32, out: &mut [f32]) {
+fn generic<const FMA: bool>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    d: Dims,
+    scale: f32,
+    out: &mut [f32],
+) {
     let (s, hd, dh) = (d.seq, d.hidden, d.head_dim);
     let mut kt = vec![0f32; dh * s];
     let mut scores = vec![0f32; s * s];
@@ -204,11 +253,11 @@ fn generic(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], d: Dims, scale: f32, o
             }
             let mut i = 0;
             while i + 4 <= s {
-                score_rows::<4>(q, &kt, base, hd, dh, s, i, &mut scores);
+                score_rows::<4, FMA>(q, &kt, base, hd, dh, s, i, &mut scores);
                 i += 4;
             }
             while i < s {
-                score_rows::<1>(q, &kt, base, hd, dh, s, i, &mut scores);
+                score_rows::<1, FMA>(q, &kt, base, hd, dh, s, i, &mut scores);
                 i += 1;
             }
             for (i, row) in scores.chunks_exact_mut(s).enumerate() {
@@ -221,18 +270,27 @@ fn generic(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], d: Dims, scale: f32, o
             crate::softmax::rows(&mut scores, s);
             let mut i = 0;
             while i + 4 <= s {
-                value_rows::<4>(&scores, v, base, hd, dh, s, i, out);
+                value_rows::<4, FMA>(&scores, v, base, hd, dh, s, i, out);
                 i += 4;
             }
             while i < s {
-                value_rows::<1>(&scores, v, base, hd, dh, s, i, out);
+                value_rows::<1, FMA>(&scores, v, base, hd, dh, s, i, out);
                 i += 1;
             }
         }
     }
 }
 
-/// The portable build (the reference for the others).
+/// Whether the portable build fuses its multiply-adds: on aarch64, where
+/// every core has fused multiply-add in NEON, so `mul_add` is one
+/// instruction (`FMLA` once vectorised) and the two matmuls take about
+/// half the instructions of a multiply and an add; not on x86-64, whose
+/// baseline has no FMA (`mul_add` would be a libm call there) and whose
+/// AVX builds give the portable build's bits.
+const PORTABLE_FMA: bool = cfg!(target_arch = "aarch64");
+
+/// The portable build (the reference for the others; on aarch64 with
+/// fused multiply-adds, see [`PORTABLE_FMA`]).
 pub fn attention_portable(
     q: &[f32],
     k: &[f32],
@@ -242,7 +300,7 @@ pub fn attention_portable(
     scale: f32,
     out: &mut [f32],
 ) {
-    generic(q, k, v, mask, d, scale, out)
+    generic::<PORTABLE_FMA>(q, k, v, mask, d, scale, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -256,7 +314,7 @@ unsafe fn attention_avx512(
     scale: f32,
     out: &mut [f32],
 ) {
-    generic(q, k, v, mask, d, scale, out)
+    generic::<false>(q, k, v, mask, d, scale, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -270,7 +328,7 @@ unsafe fn attention_avx2(
     scale: f32,
     out: &mut [f32],
 ) {
-    generic(q, k, v, mask, d, scale, out)
+    generic::<false>(q, k, v, mask, d, scale, out)
 }
 
 crate::cpu::x86_paths!(Attention: Avx512 "avx512" if avx512f, Avx2 "avx2" if avx2);
