@@ -54,10 +54,14 @@
 //! - `Avx2` (x86-64): bytes widened to i16, `vpmaddwd`, exact.
 //! - `Sdot` (aarch64 with the dot-product extension, e.g. Cortex-A76 on the
 //!   Pi 5, Jetson Orin): `sdot` through inline assembly (the intrinsic is
-//!   not stable Rust). `sdot` multiplies signed bytes, so `xq` is flipped
-//!   to `xq - 128` first and `128 · colsum` added back.
-//! - `Neon` (any aarch64, e.g. Cortex-A72 on the Pi 4): widening
-//!   `smlal`, exact.
+//!   not stable Rust), in its indexed form: one 16-byte load of a row's
+//!   activations serves four groups. `sdot` multiplies signed bytes, so
+//!   `xq` is flipped to `xq - 128` first and `128 · colsum` added back.
+//! - `Neon` (any aarch64, e.g. Cortex-A72 on the Pi 4): with weights in
+//!   -127..=127 ([`Packed::pairs_fit`]), `xq` flipped as for `Sdot`, byte
+//!   products of two groups summed in 16-bit lanes (`smull`, `smlal`) and
+//!   then widened into 32-bit sums (`sadalp`); with a -128 weight,
+//!   widening `smlal` on 16-bit values. Exact either way.
 //! - `Portable`: the scalar loop, for every other target.
 //!
 //! Every path is tested bit-exact against the definition ([`reference`](fn@reference)),
@@ -67,10 +71,17 @@
 //!
 //! [`chosen`] decides, once per process. By default the graph is fused only
 //! where this op was measured to beat tract's own int8 matmul: the `Amx`
-//! and `Vnni` paths (see the README for figures). The `Sdot` path is tested (under
-//! qemu) but not measured on a board, and tract 0.23.9 has a dot-product
-//! kernel of its own there (`arm64simd_mmm_i32_8x8_dot`), so aarch64 keeps
-//! tract's kernels until someone measures both on a Pi 5 or a Jetson.
+//! and `Vnni` paths (`edge-bert bench`, see the README for figures), and
+//! `Sdot`, by instructions executed under qemu (`bench/arm_icount.sh`,
+//! cortex-a76: 213 M per 128-token text against 235 M with tract's
+//! `arm64simd_mmm_i32_8x8_dot`, and 0.55 G against 1.35 G to start, as
+//! packing here is cheaper than tract's optimiser passes over its
+//! matmuls). Instruction counts are not times; no board has measured it.
+//! `Neon` likewise on aarch64 cores without the dot product (cortex-a72:
+//! 501 M against 588 M per text, 0.55 G against 1.35 G to start); its
+//! fast kernel needs weights in -127..=127, which `edge-bert-quantize`
+//! always writes (a bundle with a -128 weight takes the slower widening
+//! kernel).
 //! Elsewhere tract's kernels run too, unfused. `EDGE_BERT_QMATMUL=off|auto|amx|vnni|avx2|sdot|neon|portable`
 //! overrides it (an unavailable path falls back to `auto` with a warning).
 
@@ -197,14 +208,19 @@ pub fn chosen() -> Option<Path> {
 }
 
 /// [`chosen`]'s rule, given the switch's value (`EDGE_BERT_QMATMUL`, see
-/// [`crate::cpu`]): `auto` fuses only where it was measured to win (AMX,
-/// VNNI).
+/// [`crate::cpu`]): `auto` fuses only where it was measured to win: AMX
+/// and VNNI (`edge-bert bench` on x86), SDOT and NEON (instruction counts
+/// under qemu cortex-a76 and cortex-a72, `bench/arm_icount.sh`).
 pub fn choose(setting: Option<&str>) -> Option<Path> {
     rule(crate::cpu::Setting::parse(setting))
 }
 
 fn rule(setting: crate::cpu::Setting<'_>) -> Option<Path> {
-    let auto = || [Path::Amx, Path::Vnni].into_iter().find(|p| p.available());
+    let auto = || {
+        [Path::Amx, Path::Vnni, Path::Sdot, Path::Neon]
+            .into_iter()
+            .find(|p| p.available())
+    };
     crate::cpu::choose(setting, auto)
 }
 
@@ -257,6 +273,9 @@ pub struct Packed {
     col_sums: Vec<i32>,
     w_scale: Vec<f32>,
     bias: Vec<f32>,
+    /// No weight is -128: the `Neon` path may sum two products in a 16-bit
+    /// lane (see [`Packed::pairs_fit`]).
+    pairs_fit: bool,
 }
 
 impl Packed {
@@ -300,7 +319,20 @@ impl Packed {
             col_sums,
             w_scale: w_scale.to_vec(),
             bias: bias.to_vec(),
+            pairs_fit: !w.contains(&i8::MIN),
         })
+    }
+
+    /// Whether every weight is in -127..=127. Then a flipped activation
+    /// (`xq - 128`, in -128..=127) times a weight is at most 16,256 in
+    /// size, and two such products fit an i16 lane (32,512 ≤ 32,767): the
+    /// `Neon` path multiplies bytes into 16-bit lanes and adds the next
+    /// group's products there (`smull`, `smlal`) before widening to 32
+    /// bits (`sadalp`), instead of widening every byte first. Symmetric
+    /// int8 quantisers (edge-bert-quantize, ONNX Runtime's) give such
+    /// weights; with a -128 the path widens first, as before.
+    pub fn pairs_fit(&self) -> bool {
+        self.pairs_fit
     }
 
     /// Input width.
@@ -350,7 +382,8 @@ pub fn qmatmul(
     let a = &mut a[..m * stride];
     let y = &mut y[..m * packed.n];
     // acc = Σ a·w + offset · colsum
-    let offset = if path == Path::Sdot {
+    let pairs = path == Path::Neon && packed.pairs_fit;
+    let offset = if path == Path::Sdot || pairs {
         for v in a.iter_mut() {
             *v ^= 0x80;
         }
@@ -379,10 +412,10 @@ pub fn qmatmul(
             let a_tile = &a[i * stride..(i + rows) * stride];
             let y_tile = &mut y[i * n..];
             match rows {
-                4 => tile::<4>(path, a_tile, stride, panel, &post, y_tile, n, j0),
-                3 => tile::<3>(path, a_tile, stride, panel, &post, y_tile, n, j0),
-                2 => tile::<2>(path, a_tile, stride, panel, &post, y_tile, n, j0),
-                _ => tile::<1>(path, a_tile, stride, panel, &post, y_tile, n, j0),
+                4 => tile::<4>(path, pairs, a_tile, stride, panel, &post, y_tile, n, j0),
+                3 => tile::<3>(path, pairs, a_tile, stride, panel, &post, y_tile, n, j0),
+                2 => tile::<2>(path, pairs, a_tile, stride, panel, &post, y_tile, n, j0),
+                _ => tile::<1>(path, pairs, a_tile, stride, panel, &post, y_tile, n, j0),
             }
             i += rows;
         }
@@ -445,6 +478,7 @@ impl Post<'_> {
 #[inline(always)]
 fn tile<const R: usize>(
     path: Path,
+    pairs: bool,
     a: &[u8],
     stride: usize,
     panel: &[i8],
@@ -461,6 +495,7 @@ fn tile<const R: usize>(
         post,
         n,
         j0,
+        pairs,
     };
     match path {
         // SAFETY (every arm): `qmatmul` checked that the CPU has the path's
@@ -490,6 +525,10 @@ struct Tile<'a> {
     post: &'a Post<'a>,
     n: usize,
     j0: usize,
+    /// `Neon` only: `a` is flipped and the weights fit
+    /// [`Packed::pairs_fit`], so the pairs kernel runs.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pairs: bool,
 }
 
 impl Tile<'_> {
@@ -846,9 +885,145 @@ mod arm {
     #[target_feature(enable = "neon")]
     pub unsafe fn tile_neon<const R: usize>(t: &Tile, y: &mut [f32]) {
         let mut acc = [[0i32; PANEL]; R];
-        // SAFETY: same features; the caller checked the slices.
-        unsafe { dots_neon::<R>(t.a, t.stride, t.panel, &mut acc) };
+        if t.pairs {
+            // One row at a time: 8 accumulators and 8 weight registers, so
+            // nothing spills (two rows at a time spilled to the stack).
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: same features; row `r` is `stride` bytes of `a`,
+                // which is all the kernel reads of it.
+                unsafe { dots_pairs(&t.a[r * t.stride..][..t.stride], t.panel, acc) };
+            }
+        } else {
+            // SAFETY: same features; the caller checked the slices.
+            unsafe { dots_neon::<R>(t.a, t.stride, t.panel, &mut acc) };
+        }
         t.finish(&acc, y);
+    }
+
+    /// `a` (one row) holds `xq - 128` (flipped by the caller) as signed
+    /// bytes and no weight is -128 ([`super::Packed::pairs_fit`]). Per 16
+    /// columns, two groups at a time: `smull` of group `g`'s bytes and
+    /// `smlal` of group `g + 1`'s into the same 16-bit lanes (two products,
+    /// at most 32,512 in size), then `sadalp` into 32-bit lanes; each column
+    /// ends as two lanes, added by `addp` at the end.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dots_pairs(a: &[u8], panel: &[i8], out: &mut [i32; PANEL]) {
+        let groups = a.len() / GROUP;
+        debug_assert!(panel.len() >= groups * GROUP_BYTES);
+        let ap = a.as_ptr();
+        let wp = panel.as_ptr();
+        let zero = vdupq_n_s8(0);
+        for block in 0..PANEL / 16 {
+            // acc[2q] holds columns 4q, 4q + 1; acc[2q + 1] 4q + 2, 4q + 3.
+            let mut acc = [vdupq_n_s32(0); 8];
+            let mut g = 0;
+            // Four groups per turn of the loop, then two (the loop's own
+            // instructions were a fifth of the kernel's).
+            while g + 4 <= groups {
+                // SAFETY: groups g..g + 4 of the panel and of the row are in
+                // bounds.
+                unsafe {
+                    pairs_two(&mut acc, ap, wp, g, block);
+                    pairs_two(&mut acc, ap, wp, g + 2, block);
+                }
+                g += 4;
+            }
+            while g + 2 <= groups {
+                // SAFETY: groups `g` and `g + 1` are in bounds.
+                unsafe { pairs_two(&mut acc, ap, wp, g, block) };
+                g += 2;
+            }
+            if g < groups {
+                // SAFETY: group `g` is in bounds; the second is zeros.
+                unsafe {
+                    let w0 = ld4(wp.add(g * GROUP_BYTES + block * 64));
+                    let x0 = vreinterpretq_s8_s32(vld1q_dup_s32(ap.add(g * GROUP) as *const i32));
+                    for q in 0..4 {
+                        let [lo, hi] = &mut acc[2 * q..2 * q + 2] else {
+                            unreachable!()
+                        };
+                        pair_step(lo, hi, w0[q], x0, zero, zero);
+                    }
+                }
+            }
+            for q in 0..4 {
+                let s = vpaddq_s32(acc[2 * q], acc[2 * q + 1]);
+                // SAFETY: 4 i32 into out[16 block + 4q..][..4].
+                unsafe { vst1q_s32(out.as_mut_ptr().add(16 * block + 4 * q), s) };
+            }
+        }
+    }
+
+    /// Groups `g`, `g + 1` of block `block` into the block's sums.
+    #[inline(always)]
+    unsafe fn pairs_two(
+        acc: &mut [int32x4_t; 8],
+        ap: *const u8,
+        wp: *const i8,
+        g: usize,
+        block: usize,
+    ) {
+        // SAFETY: the caller passes groups `g`, `g + 1` in bounds of the
+        // row and of the panel.
+        unsafe {
+            let w0p = wp.add(g * GROUP_BYTES + block * 64);
+            let w0 = ld4(w0p);
+            let w1 = ld4(w0p.add(GROUP_BYTES));
+            let xp = ap.add(g * GROUP) as *const i32;
+            // [x0 x1 x2 x3] of each group, four times.
+            let x0 = vreinterpretq_s8_s32(vld1q_dup_s32(xp));
+            let x1 = vreinterpretq_s8_s32(vld1q_dup_s32(xp.add(1)));
+            for q in 0..4 {
+                let [lo, hi] = &mut acc[2 * q..2 * q + 2] else {
+                    unreachable!()
+                };
+                pair_step(lo, hi, w0[q], x0, w1[q], x1);
+            }
+        }
+    }
+
+    /// Four columns, two groups: `lo += ` the pairwise sums of columns
+    /// 0, 1's 16-bit products, `hi +=` those of columns 2, 3. In assembly so
+    /// that the compiler keeps the four widening products (it turned
+    /// `smull2` into `ext` + `smull`).
+    #[inline(always)]
+    unsafe fn pair_step(
+        lo: &mut int32x4_t,
+        hi: &mut int32x4_t,
+        w0: int8x16_t,
+        x0: int8x16_t,
+        w1: int8x16_t,
+        x1: int8x16_t,
+    ) {
+        // SAFETY: NEON only (the caller's target features); registers only.
+        unsafe {
+            std::arch::asm!(
+                "smull {pl:v}.8h, {w0:v}.8b, {x0:v}.8b",
+                "smull2 {ph:v}.8h, {w0:v}.16b, {x0:v}.16b",
+                "smlal {pl:v}.8h, {w1:v}.8b, {x1:v}.8b",
+                "smlal2 {ph:v}.8h, {w1:v}.16b, {x1:v}.16b",
+                "sadalp {lo:v}.4s, {pl:v}.8h",
+                "sadalp {hi:v}.4s, {ph:v}.8h",
+                pl = out(vreg) _,
+                ph = out(vreg) _,
+                lo = inout(vreg) *lo,
+                hi = inout(vreg) *hi,
+                w0 = in(vreg) w0,
+                x0 = in(vreg) x0,
+                w1 = in(vreg) w1,
+                x1 = in(vreg) x1,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+    }
+
+    /// One group of one 16-column block: 64 bytes in one `ld1` of four
+    /// registers (four `ldr q` cost four instructions).
+    #[inline(always)]
+    unsafe fn ld4(w: *const i8) -> [int8x16_t; 4] {
+        // SAFETY: the caller passes 64 readable bytes.
+        let v = unsafe { vld1q_s8_x4(w) };
+        [v.0, v.1, v.2, v.3]
     }
 
     /// `acc += Σ` of each 32-bit lane's four signed byte products.
@@ -868,8 +1043,72 @@ mod arm {
         acc
     }
 
+    /// `acc += Σ` of each 32-bit lane's four signed byte products with
+    /// the four bytes of `x`'s 32-bit lane `L` (the indexed form: one
+    /// 16-byte load of `x` serves four groups).
+    #[inline(always)]
+    unsafe fn sdot_lane<const L: i32>(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        // SAFETY: the caller's target features include dotprod.
+        unsafe {
+            std::arch::asm!(
+                "sdot {acc:v}.4s, {w:v}.16b, {x:v}.4b[{l}]",
+                acc = inout(vreg) acc,
+                w = in(vreg) w,
+                x = in(vreg) x,
+                l = const L,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    }
+
+    /// Group `g + L` of the four whose activations `xs` holds (lane `L`).
+    #[inline(always)]
+    unsafe fn sdot_group<const L: i32, const R: usize>(
+        acc: &mut [[int32x4_t; 4]; R],
+        w: *const i8,
+        xs: &[int8x16_t; R],
+    ) {
+        // SAFETY: the caller passes a group's 64 bytes of one block.
+        unsafe {
+            let wv = ld4(w);
+            for (acc, &x) in acc.iter_mut().zip(xs) {
+                for q in 0..4 {
+                    acc[q] = sdot_lane::<L>(acc[q], wv[q], x);
+                }
+            }
+        }
+    }
+
+    /// Groups `g..g + 4` of block `block`: each row's 16 bytes of them in
+    /// one register (indexed `sdot`).
+    #[inline(always)]
+    unsafe fn sdot_four<const R: usize>(
+        acc: &mut [[int32x4_t; 4]; R],
+        ap: *const u8,
+        stride: usize,
+        wp: *const i8,
+        g: usize,
+        block: usize,
+    ) {
+        // SAFETY: the caller passes groups g..g + 4 in bounds of `R` rows
+        // of `stride` bytes and of the panel (`stride = groups · GROUP`).
+        unsafe {
+            let xs: [int8x16_t; R] =
+                std::array::from_fn(|r| vld1q_s8(ap.add(r * stride + g * GROUP) as *const i8));
+            let w = wp.add(g * GROUP_BYTES + block * 64);
+            sdot_group::<0, R>(acc, w, &xs);
+            sdot_group::<1, R>(acc, w.add(GROUP_BYTES), &xs);
+            sdot_group::<2, R>(acc, w.add(2 * GROUP_BYTES), &xs);
+            sdot_group::<3, R>(acc, w.add(3 * GROUP_BYTES), &xs);
+        }
+    }
+
     /// `a` holds `xq - 128` (flipped by the caller) as signed bytes; 16
-    /// columns × `R` rows at a time.
+    /// columns × `R` rows at a time. Four groups at a time, each row's 16
+    /// bytes of them in one register (indexed `sdot`), then the groups
+    /// left one at a time.
     #[target_feature(enable = "neon,dotprod")]
     pub unsafe fn dots_sdot<const R: usize>(
         a: &[u8],
@@ -882,11 +1121,19 @@ mod arm {
         let wp = panel.as_ptr();
         for block in 0..PANEL / 16 {
             let mut acc = [[vdupq_n_s32(0); 4]; R];
-            for g in 0..groups {
+            let mut g = 0;
+            // (Eight groups per turn, two calls of `sdot_four`, ran 2.3 M
+            // more instructions per text on cortex-a76, not fewer.)
+            while g + 4 <= groups {
+                // SAFETY: groups g..g + 4 are in bounds.
+                unsafe { sdot_four::<R>(&mut acc, ap, stride, wp, g, block) };
+                g += 4;
+            }
+            for g in g..groups {
                 // SAFETY: as for the x86 kernels.
                 unsafe {
                     let w = wp.add(g * GROUP_BYTES + block * 64);
-                    let wv = [0, 1, 2, 3].map(|q| vld1q_s8(w.add(16 * q)));
+                    let wv = ld4(w);
                     for (r, acc) in acc.iter_mut().enumerate() {
                         let x = vld1q_dup_s32(ap.add(r * stride + g * GROUP) as *const i32);
                         let x = vreinterpretq_s8_s32(x);
@@ -1403,12 +1650,29 @@ mod tests {
         })
     }
 
+    /// Weights in -127..=127, as symmetric quantisers write them: the
+    /// `Neon` path sums two products in a 16-bit lane
+    /// ([`Packed::pairs_fit`]).
+    fn symmetric_case() -> impl Strategy<Value = Case> {
+        cases(1usize..11, 1usize..80).prop_map(|mut c| {
+            for v in c.3.iter_mut() {
+                *v = (*v).max(-127);
+            }
+            c
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         /// Every path this CPU has gives the definition's outputs, bit for bit.
         #[test]
         fn every_path_is_the_definition_bit_for_bit(c in case()) {
+            check(c)?;
+        }
+
+        #[test]
+        fn every_path_is_the_definition_with_symmetric_weights(c in symmetric_case()) {
             check(c)?;
         }
 
@@ -1426,19 +1690,48 @@ mod tests {
         }
     }
 
+    /// The 16-bit pairs at their limit: flipped activations of -128 (and
+    /// 127) times weights of -127 and 127, two per lane.
+    #[test]
+    fn extreme_values_with_symmetric_weights_are_exact() {
+        for (m, k, n) in [(5, 1540, 70), (3, 1536, 64), (2, 4, 16), (1, 8, 3)] {
+            for pattern in [0, 1] {
+                let w: Vec<i8> = (0..k * n)
+                    .map(|i| match pattern {
+                        0 if i % 3 == 0 => 127,
+                        0 => -127,
+                        _ => -127,
+                    })
+                    .collect();
+                assert!(Packed::new(&w, k, n, &vec![1.0; n], &vec![0.0; n])
+                    .unwrap()
+                    .pairs_fit());
+                extremes_with(&w, m, k, n);
+            }
+        }
+        let w = vec![-128i8, 5];
+        assert!(!Packed::new(&w, 1, 2, &[1.0; 2], &[0.0; 2])
+            .unwrap()
+            .pairs_fit());
+    }
+
     fn extremes(m: usize, k: usize, n: usize) {
         let w: Vec<i8> = (0..k * n)
             .map(|i| if i % 3 == 0 { 127 } else { -128 })
             .collect();
+        extremes_with(&w, m, k, n);
+    }
+
+    fn extremes_with(w: &[i8], m: usize, k: usize, n: usize) {
         let ws = vec![0.01f32; n];
         let b: Vec<f32> = (0..n).map(|j| j as f32 - 30.0).collect();
         for (fill, zp) in [(255u8, 0u8), (0, 255), (255, 255), (0, 0), (128, 3)] {
             let a = vec![fill; m * k];
             let mut want = vec![0f32; m * n];
-            reference(&a, zp, 0.5, &w, &ws, &b, (m, k, n), &mut want);
+            reference(&a, zp, 0.5, w, &ws, &b, (m, k, n), &mut want);
             for path in Path::ALL.into_iter().filter(|p| p.available()) {
                 assert_eq!(
-                    fused(path, &a, zp, 0.5, &w, &ws, &b, (m, k, n)),
+                    fused(path, &a, zp, 0.5, w, &ws, &b, (m, k, n)),
                     want,
                     "{path:?} {fill} {zp}"
                 );
@@ -1464,8 +1757,12 @@ mod tests {
         // An unknown or unavailable path falls back to auto.
         assert_eq!(choose(Some("nonsense")), choose(None));
         let auto = choose(None);
-        assert!(matches!(auto, None | Some(Path::Amx) | Some(Path::Vnni)));
+        assert!(matches!(
+            auto,
+            None | Some(Path::Amx) | Some(Path::Vnni) | Some(Path::Sdot) | Some(Path::Neon)
+        ));
         assert_eq!(auto == Some(Path::Amx), Path::Amx.available());
+        assert_eq!(auto == Some(Path::Sdot), Path::Sdot.available());
         assert_eq!(
             with_choice(Some(Path::Portable), chosen),
             Some(Path::Portable)
