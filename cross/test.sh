@@ -21,8 +21,11 @@
 # and a server with the real model takes minutes to start emulated; the
 # real model is covered in-process by the int8 golden test and by --eval.
 #
-# --cpu sets QEMU_CPU (e.g. cortex-a72: no dot product; max: with SDOT), so
-# tract's run-time kernel choice is exercised both ways.
+# --cpu sets QEMU_CPU (cortex-a72: the Pi 4, no dot product; cortex-a76:
+# the Pi 5 and Jetson Orin, SDOT and no SVE), so tract's run-time kernel
+# choice is exercised both ways. (`max` adds SVE2 and SME, which no board
+# has; edge-bert turns tract's SVE/SME kernels off, so it now runs the
+# SDOT path too.)
 # EDGE_BERT_SKIP_TESTS=1 skips the tests (to run only --eval).
 # --eval N classifies the first N texts of the committed test split with the
 # embedded int8 model (`edge-bert classify --json`) under qemu and with the
