@@ -77,9 +77,10 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// summed in `t` order, in fixed-size accumulators (registers; `R`
 /// independent sums hide the add latency). Both matmuls of the op are
 /// this: the scores (`xs` = query rows, `m` = `Kᵀ`) and the outputs (`xs`
-/// = weights, `m` = `V`). The bounds are checked once, up front; the loop
-/// takes `t` four at a time so each row's four `x` values are one load
-/// (on aarch64, `FMLA` by element), which changes no sum's order.
+/// = weights, `m` = `V`). With `FMA` (aarch64) the bounds are checked
+/// once, up front, and the loop takes `t` four at a time so each row's four
+/// `x` values are one load (`FMLA` by element); neither changes a sum's
+/// order.
 ///
 /// # Panics
 ///
@@ -94,9 +95,24 @@ fn block<const R: usize, const W: usize, const FMA: bool>(
     stride: usize,
 ) -> [[f32; W]; R] {
     let n = xs[0].len();
+    let mut acc = [[0f32; W]; R];
+    if !FMA {
+        // x86 (AVX-512/AVX2): one `x` value at a time, which the compiler
+        // broadcasts from memory into the multiply-add; the aarch64 form
+        // below ran 15-20% slower end to end here (`edge-bert bench`).
+        for t in 0..n {
+            let row: &[f32; W] = m[off + t * stride..][..W].try_into().expect("W values");
+            for r in 0..R {
+                let x = xs[r][t];
+                for l in 0..W {
+                    acc[r][l] = madd::<FMA>(x, row[l], acc[r][l]);
+                }
+            }
+        }
+        return acc;
+    }
     assert!(xs.iter().all(|x| x.len() >= n));
     assert!(n == 0 || (n - 1) * stride + off + W <= m.len());
-    let mut acc = [[0f32; W]; R];
     let step = |acc: &mut [[f32; W]; R], x: [f32; R], t: usize| {
         // SAFETY: `t < n`, so `off + t · stride + W <= m.len()` (asserted).
         let row = unsafe { &*(m.as_ptr().add(off + t * stride) as *const [f32; W]) };
