@@ -7,9 +7,10 @@
  *
  * FILE gets one line per class ("class NAME COUNT", "total" first) and one
  * per symbol ("sym COUNT NAME"; "?" where qemu knows no symbol, e.g. in
- * shared libraries). Counting is inline (no callback per block), so it is
- * exact for a single-threaded guest; concurrent guest threads may race on
- * the counters.
+ * shared libraries). Each block's run count is kept by a callback with an
+ * atomic add, so the counts stay exact when guest threads run at once (the
+ * model's hash runs in a thread of its own while it is decoded; qemu 7.2's
+ * inline counters lost updates there).
  *
  * The plugin API is declared here, not included: only the calls below are
  * used, with the signatures of qemu's plugin API version 1 (qemu 7.x).
@@ -45,13 +46,13 @@ typedef struct {
 } qemu_info_t;
 struct qemu_plugin_tb;
 struct qemu_plugin_insn;
-enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
+enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS };
 typedef void (*tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 typedef void (*udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+typedef void (*vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, tb_trans_cb_t cb);
-void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb,
-                                              enum qemu_plugin_op op,
-                                              void *ptr, uint64_t imm);
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, vcpu_udata_cb_t cb,
+                                          enum qemu_plugin_cb_flags flags, void *userdata);
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb,
                                                  size_t idx);
@@ -67,15 +68,14 @@ enum { TOTAL, SDOT, SMMLA, SMLAL, FMLA, NEON, VFP, SVE, MEM, SCALAR, NCLASS };
 static const char *class_names[NCLASS] = {
     "total", "sdot", "smmla", "smlal", "fmla", "neon", "vfp", "sve", "mem", "scalar",
 };
-static uint64_t counts[NCLASS];
 static bool is_arm32;
 static char *out_path;
 
-/* One translated block: the symbol it starts in, its length, and how many
- * times it ran (added to inline). */
+/* One translated block: the symbol it starts in, its instructions by class
+ * (per_class[TOTAL]: all of them), and how many times it ran. */
 struct block {
     const char *sym;
-    uint64_t insns;
+    uint64_t per_class[NCLASS];
     uint64_t execs;
     struct block *next;
 };
@@ -159,6 +159,12 @@ static int class_t32(const uint8_t *d, size_t size)
     return SCALAR;
 }
 
+static void on_exec(unsigned int vcpu, void *udata)
+{
+    (void)vcpu;
+    __atomic_fetch_add(&((struct block *)udata)->execs, 1, __ATOMIC_RELAXED);
+}
+
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     (void)id;
@@ -181,16 +187,14 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
             sym = qemu_plugin_insn_symbol(insn);
     }
     per_class[TOTAL] = n;
-    for (int c = 0; c < NCLASS; c++)
-        if (per_class[c])
-            qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64,
-                                                     &counts[c], per_class[c]);
     struct block *b = calloc(1, sizeof *b);
-    if (!b)
-        return;
+    if (!b) {
+        fprintf(stderr, "icount: out of memory\n");
+        abort();
+    }
     b->sym = sym;
-    b->insns = n;
-    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->execs, 1);
+    memcpy(b->per_class, per_class, sizeof per_class);
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, on_exec, QEMU_PLUGIN_CB_NO_REGS, b);
     pthread_mutex_lock(&lock);
     b->next = blocks;
     blocks = b;
@@ -213,10 +217,14 @@ static void on_exit_cb(qemu_plugin_id_t id, void *p)
 {
     (void)id; (void)p;
     size_t cap = 1 << 16, used = 0;
+    uint64_t counts[NCLASS] = {0};
+    for (struct block *b = blocks; b; b = b->next)
+        for (int c = 0; c < NCLASS; c++)
+            counts[c] += b->per_class[c] * b->execs;
     struct entry *table = calloc(cap, sizeof *table);
     for (struct block *b = blocks; b && table; b = b->next) {
         const char *sym = b->sym ? b->sym : "?";
-        uint64_t add = b->insns * b->execs;
+        uint64_t add = b->per_class[TOTAL] * b->execs;
         if (!add)
             continue;
         size_t k = hash_str(sym) & (cap - 1);
