@@ -73,12 +73,12 @@
 //! where this op was measured to beat tract's own int8 matmul: the `Amx`
 //! and `Vnni` paths (`edge-bert bench`, see the README for figures), and
 //! `Sdot`, by instructions executed under qemu (`bench/arm_icount.sh`,
-//! cortex-a76: 213 M per 128-token text against 235 M with tract's
+//! cortex-a76: 201.4 M per 128-token text against 223.6 M with tract's
 //! `arm64simd_mmm_i32_8x8_dot`, and 0.55 G against 1.35 G to start, as
 //! packing here is cheaper than tract's optimiser passes over its
 //! matmuls). Instruction counts are not times; no board has measured it.
 //! `Neon` likewise on aarch64 cores without the dot product (cortex-a72:
-//! 501 M against 588 M per text, 0.55 G against 1.35 G to start); its
+//! 463.0 M against 576.4 M per text, 0.55 G against 1.35 G to start); its
 //! fast kernel needs weights in -127..=127, which `edge-bert-quantize`
 //! always writes (a bundle with a -128 weight takes the slower widening
 //! kernel).
