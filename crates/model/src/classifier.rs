@@ -5,10 +5,10 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 use crate::bundle::Bundle;
-use crate::engine::{DecodedModel, Engine, ModelFormat};
+use crate::engine::{DecodedModel, Engine, ModelFormat, Output};
 use crate::error::{Error, Result};
-use crate::manifest::{check_buckets, Manifest};
-use crate::postprocess::{argmax, softmax_into};
+use crate::manifest::{check_buckets, Manifest, Task};
+use crate::postprocess::{argmax, l2_normalize, softmax_into};
 use crate::tokenize::{Scratch, TextTokenizer};
 
 /// Most labels a model may have (the fixed size of [`Outcome::probs`]).
@@ -45,6 +45,17 @@ pub struct Classification {
     pub truncated: bool,
 }
 
+/// The embedding of one text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Embedding {
+    /// `dim` values of unit L2 norm.
+    pub vector: Vec<f32>,
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+    /// Whether the text was cut to the model's maximum length.
+    pub truncated: bool,
+}
+
 /// Decodes the bundle's model file, in the format its manifest names.
 fn decode_model(bundle: &Bundle, bytes: &[u8]) -> Result<DecodedModel> {
     crate::engine::decode(bytes, ModelFormat::from_file_name(&bundle.manifest.model)?)
@@ -54,6 +65,7 @@ fn decode_model(bundle: &Bundle, bytes: &[u8]) -> Result<DecodedModel> {
 #[derive(Debug)]
 pub struct Classifier {
     manifest: Manifest,
+    task: Task,
     source: crate::bundle::Source,
     tokenizer: TextTokenizer,
     engine: Engine,
@@ -161,6 +173,11 @@ impl Classifier {
             }
             None => m.effective_buckets(),
         };
+        let bad_manifest = |reason: String| Error::Manifest {
+            path: PathBuf::from(bundle.source.to_string()).join("manifest.json"),
+            reason,
+        };
+        let task = m.task_kind().map_err(bad_manifest)?;
         if m.labels.len() > MAX_LABELS {
             return Err(Error::InvalidArgument(format!(
                 "{} labels; at most {MAX_LABELS} are supported",
@@ -168,8 +185,13 @@ impl Classifier {
             )));
         }
         let tokenizer = TextTokenizer::from_bytes(&bundle.tokenizer_bytes, m.max_seq_len)?;
-        let outputs = decoded.output_names();
-        if !outputs.iter().any(|o| *o == m.output) {
+        let mut decoded = decoded;
+        let outputs: Vec<String> = decoded
+            .output_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if !decoded.keep_output(&m.output) {
             return Err(Error::Manifest {
                 path: PathBuf::from(bundle.source.to_string()).join("manifest.json"),
                 reason: format!(
@@ -180,13 +202,12 @@ impl Classifier {
                 ),
             });
         }
-        let engine = Engine::from_decoded(
-            decoded,
-            &buckets,
-            m.labels.len(),
-            lazy,
-            bundle.model_file.as_ref(),
-        )?;
+        let output = match task {
+            Task::Classify => Output::Logits(m.labels.len()),
+            Task::Embed { dim, pooling } => Output::Pooled { dim, pooling },
+        };
+        let engine =
+            Engine::from_decoded_for(decoded, &buckets, output, lazy, bundle.model_file.as_ref())?;
         for name in engine.input_names() {
             if !m.inputs.contains(name) {
                 return Err(Error::Model(format!(
@@ -196,12 +217,13 @@ impl Classifier {
         }
         Ok(Classifier {
             manifest: m.clone(),
+            task,
             source: bundle.source.clone(),
             ids: Vec::with_capacity(tokenizer.ids_capacity()),
             tokenizer,
             engine,
             scratch: Scratch::new(),
-            logits: vec![0.0; m.labels.len()],
+            logits: vec![0.0; output.width()],
         })
     }
 
@@ -214,6 +236,11 @@ impl Classifier {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// What the model does (the manifest's `task`).
+    pub fn task(&self) -> Task {
+        self.task
     }
 
     pub fn source(&self) -> &crate::bundle::Source {
@@ -253,6 +280,13 @@ impl Classifier {
     /// this allocates nothing (the serving loop's path). An empty (or all
     /// white-space) text is an error.
     pub fn classify_outcome(&mut self, text: &str) -> Result<Outcome> {
+        if self.task != Task::Classify {
+            return Err(Error::InvalidArgument(format!(
+                "{} is an embedding model (task {}): it gives vectors, not labels (`edge-bert embed`)",
+                self.manifest.name,
+                self.task.name()
+            )));
+        }
         if text.trim().is_empty() {
             return Err(Error::EmptyText);
         }
@@ -288,6 +322,44 @@ impl Classifier {
             logits: self.logits.clone(),
             tokens: o.tokens,
             truncated: o.truncated,
+        })
+    }
+
+    /// Embeds one text into `out` (`dim` values, unit L2 norm) and returns
+    /// the tokens the model saw and whether the text was truncated. Outside
+    /// tract's own run this allocates nothing. An empty text is an error,
+    /// as is a bundle that is not an `embed` model.
+    pub fn embed_into(&mut self, text: &str, out: &mut [f32]) -> Result<(usize, bool)> {
+        let Task::Embed { dim, .. } = self.task else {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a classifier (task {}): it gives labels, not vectors",
+                self.manifest.name,
+                self.task.name()
+            )));
+        };
+        if out.len() != dim {
+            return Err(Error::InvalidArgument(format!(
+                "a buffer of {} values for vectors of {dim}",
+                out.len()
+            )));
+        }
+        if text.trim().is_empty() {
+            return Err(Error::EmptyText);
+        }
+        let truncated = self.run(text)?;
+        out.copy_from_slice(&self.logits);
+        l2_normalize(out);
+        Ok((self.ids.len(), truncated))
+    }
+
+    /// Embeds one text (see [`Classifier::embed_into`]).
+    pub fn embed(&mut self, text: &str) -> Result<Embedding> {
+        let mut vector = vec![0.0; self.logits.len()];
+        let (tokens, truncated) = self.embed_into(text, &mut vector)?;
+        Ok(Embedding {
+            vector,
+            tokens,
+            truncated,
         })
     }
 }

@@ -13,7 +13,7 @@ use tract_onnx::tract_core::ops::konst::Const;
 use edge_bert_kernels as kernels;
 
 use crate::error::{Error, Result};
-use crate::manifest::{check_buckets, InputRole};
+use crate::manifest::{check_buckets, InputRole, Pooling};
 use crate::rows::{FileRows, ModelFile};
 use crate::weights::WeightPool;
 
@@ -70,6 +70,27 @@ pub struct ModelStats {
     pub table_in_file_bytes: usize,
 }
 
+/// What the model's one output holds, and what [`Engine::logits_into`]
+/// makes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `[1, n]` logits, copied as they are.
+    Logits(usize),
+    /// `[1, len, dim]` token vectors, pooled over the real tokens into
+    /// `dim` values (`postprocess::pool_into`; not normalised).
+    Pooled { dim: usize, pooling: Pooling },
+}
+
+impl Output {
+    /// How many values one text gives.
+    pub fn width(&self) -> usize {
+        match *self {
+            Output::Logits(n) => n,
+            Output::Pooled { dim, .. } => dim,
+        }
+    }
+}
+
 /// What the engine writes into one model input before each run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Feed {
@@ -94,6 +115,10 @@ struct BucketPlan {
     /// One tensor per model input, allocated once and refilled for every
     /// text (tract drops its references after a run).
     inputs: Vec<Arc<Tensor>>,
+    /// A second tensor per input, made the first time tract's state still
+    /// holds an input after its run (some graphs keep `input_ids` until
+    /// the next run); the two then take turns, so no text allocates.
+    spares: Vec<Option<Arc<Tensor>>>,
 }
 
 /// A ready-to-run model: a plan and a reusable state per length bucket.
@@ -120,7 +145,7 @@ pub struct Engine {
     /// Names of the inputs the manifest lists (all but the rows input).
     input_names: Vec<String>,
     word_rows: Option<WordRows>,
-    n_outputs: usize,
+    output: Output,
     stats: ModelStats,
 }
 
@@ -149,6 +174,21 @@ impl DecodedModel {
             .flat_map(|g| g.output.iter().map(|o| o.name.as_str()))
             .collect()
     }
+
+    /// Keeps only the output `name` (a model may give more than the task
+    /// reads, e.g. token vectors and a pooled vector); the nodes only the
+    /// others need are never built. Returns whether `name` is an output.
+    pub fn keep_output(&mut self, name: &str) -> bool {
+        let DecodedModel::Onnx { proto, .. } = self;
+        let Some(graph) = proto.graph.as_mut() else {
+            return false;
+        };
+        if !graph.output.iter().any(|o| o.name == name) {
+            return false;
+        }
+        graph.output.retain(|o| o.name == name);
+        true
+    }
 }
 
 impl std::fmt::Debug for DecodedModel {
@@ -173,7 +213,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("buckets", &self.buckets())
             .field("inputs", &self.input_names)
-            .field("n_outputs", &self.n_outputs)
+            .field("output", &self.output)
             .finish_non_exhaustive()
     }
 }
@@ -216,6 +256,18 @@ impl Engine {
         decoded: DecodedModel,
         buckets: &[usize],
         n_labels: usize,
+        lazy: bool,
+        file: Option<&ModelFile>,
+    ) -> Result<Engine> {
+        Engine::from_decoded_for(decoded, buckets, Output::Logits(n_labels), lazy, file)
+    }
+
+    /// Like [`Engine::from_decoded`], for a model whose output is `output`
+    /// (logits, or token vectors to pool).
+    pub fn from_decoded_for(
+        decoded: DecodedModel,
+        buckets: &[usize],
+        output: Output,
         lazy: bool,
         file: Option<&ModelFile>,
     ) -> Result<Engine> {
@@ -267,7 +319,7 @@ impl Engine {
         }
         if model.output_outlets().map_err(Error::model)?.len() != 1 {
             return Err(Error::Model(
-                "model must have exactly one output (logits)".into(),
+                "model must have exactly one output (logits or token vectors); `edge-bert-quantize import` keeps only the one a task needs".into(),
             ));
         }
 
@@ -324,7 +376,7 @@ impl Engine {
                 feeds,
                 input_names,
                 word_rows,
-                n_outputs: n_labels,
+                output,
                 stats,
             };
             log::debug!("engine: lazy, ready after {:?}", started.elapsed());
@@ -390,7 +442,7 @@ impl Engine {
             feeds,
             input_names,
             word_rows,
-            n_outputs: n_labels,
+            output,
             stats,
         };
         // Check the output width once, on the smallest bucket.
@@ -428,7 +480,7 @@ impl Engine {
     /// and returns its logits. The sequence is padded to its bucket with
     /// attention mask 0.
     pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let mut out = vec![0.0; self.n_outputs];
+        let mut out = vec![0.0; self.output.width()];
         self.logits_into(ids, &mut out)?;
         Ok(out)
     }
@@ -452,11 +504,23 @@ impl Engine {
             .as_mut()
             .ok_or_else(|| Error::Model("bucket plan missing".into()))?;
         let mut inputs: TVec<TValue> = TVec::new();
-        for (slot, feed) in plan.inputs.iter_mut().zip(&self.feeds) {
+        for ((slot, spare), feed) in plan
+            .inputs
+            .iter_mut()
+            .zip(plan.spares.iter_mut())
+            .zip(&self.feeds)
+        {
             if Arc::get_mut(slot).is_none() {
-                // Still shared (tract kept a reference): start a new one.
-                log::debug!("engine: input tensor still shared; reallocating");
-                *slot = Arc::new(input_tensor(*feed, len, self.word_rows.as_ref())?);
+                // Still shared (tract's state kept it): use the spare, and
+                // keep this one as the next spare.
+                if let Some(s) = spare.as_mut() {
+                    std::mem::swap(slot, s);
+                }
+                if Arc::get_mut(slot).is_none() {
+                    log::debug!("engine: input tensor still shared; a second one made");
+                    let fresh = Arc::new(input_tensor(*feed, len, self.word_rows.as_ref())?);
+                    *spare = Some(std::mem::replace(slot, fresh));
+                }
             }
             let t = Arc::get_mut(slot).expect("tensor not shared");
             let mut view = t.try_as_plain_ram_mut().map_err(Error::model)?;
@@ -495,15 +559,27 @@ impl Engine {
         let result = crate::alloc_probe::tract_run(|| state.run(inputs));
         let outputs = result.map_err(Error::model)?;
         let view = outputs[0].try_as_plain_ram().map_err(Error::model)?;
-        let logits = view.as_slice::<f32>().map_err(Error::model)?;
-        if logits.len() != out.len() {
-            return Err(Error::Model(format!(
-                "model gives {} logits but the manifest has {} labels",
-                logits.len(),
-                out.len()
-            )));
+        let values = view.as_slice::<f32>().map_err(Error::model)?;
+        match self.output {
+            Output::Logits(n) => {
+                if values.len() != n || out.len() != n {
+                    return Err(Error::Model(format!(
+                        "model gives {} logits but the manifest has {n} labels",
+                        values.len(),
+                    )));
+                }
+                out.copy_from_slice(values);
+            }
+            Output::Pooled { dim, pooling } => {
+                if values.len() != len * dim || out.len() != dim {
+                    return Err(Error::Model(format!(
+                        "model gives {} values for {len} tokens, not {len} vectors of the manifest's dim {dim}",
+                        values.len(),
+                    )));
+                }
+                crate::postprocess::pool_into(values, ids.len().max(1), pooling, out);
+            }
         }
-        out.copy_from_slice(logits);
         Ok(())
     }
 }
@@ -570,7 +646,12 @@ fn finish_plan(
         .iter()
         .map(|&feed| input_tensor(feed, len, word_rows).map(Arc::new))
         .collect::<Result<Vec<_>>>()?;
-    Ok(BucketPlan { state, inputs })
+    let spares = vec![None; inputs.len()];
+    Ok(BucketPlan {
+        state,
+        inputs,
+        spares,
+    })
 }
 
 /// A zeroed tensor for one model input of a `len`-token bucket.

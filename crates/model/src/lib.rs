@@ -44,8 +44,10 @@
 //! - `weights`: one copy of each weight across the bucket plans.
 //! - [`engine`]: tract plans and states, one per length bucket, with the
 //!   kernels installed.
-//! - `postprocess`: softmax and arg-max over logits (pure).
-//! - `classifier`: text in, [`Classification`] out.
+//! - `postprocess`: softmax and arg-max over logits, pooling and
+//!   normalising token vectors (pure).
+//! - `classifier`: text in, [`Classification`] (or, for an `embed`
+//!   bundle, [`Embedding`]) out.
 //! - [`eval`]: labelled TSV files and accuracy metrics (pure, but for
 //!   `read_tsv`).
 
@@ -66,6 +68,6 @@ pub mod tokenize;
 mod weights;
 
 pub use bundle::Bundle;
-pub use classifier::{Classification, Classifier, Outcome};
+pub use classifier::{Classification, Classifier, Embedding, Outcome};
 pub use error::{Error, Result};
 pub use manifest::Manifest;

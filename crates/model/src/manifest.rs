@@ -24,8 +24,19 @@ pub struct FileEntry {
 pub struct Manifest {
     pub format_version: u32,
     pub name: String,
+    /// What the model does: absent, `classify` or `text-classification`
+    /// (softmax over `labels`), or `embed` (one vector per text, see
+    /// `pooling` and `dim`). See [`Manifest::task_kind`].
     #[serde(default)]
     pub task: Option<String>,
+    /// `embed` bundles: how the token vectors of `output` (`[1, len, dim]`)
+    /// become one: `mean` over the real tokens (the default) or `cls` (the
+    /// first token's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<String>,
+    /// `embed` bundles: the width of the embedding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
     /// `fp32` or `int8`; informational, the graph is the truth.
     pub precision: String,
     /// Class names, in logit order.
@@ -58,6 +69,38 @@ pub struct Manifest {
     pub key_id: Option<String>,
 }
 
+/// Most values an `embed` bundle's vector may have (its fixed buffers).
+pub const MAX_DIM: usize = 4096;
+
+/// How the token vectors of an `embed` model become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the real tokens (special tokens included, padding not),
+    /// as sentence-transformers' mean pooling.
+    Mean,
+    /// The first token's vector (`[CLS]`).
+    Cls,
+}
+
+/// What a bundle's model does, from the manifest's `task`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Logits over `labels`, answered with a softmax.
+    Classify,
+    /// One L2-normalised vector of `dim` values per text.
+    Embed { dim: usize, pooling: Pooling },
+}
+
+impl Task {
+    /// The name written in manifests and shown to users.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Classify => "classify",
+            Task::Embed { .. } => "embed",
+        }
+    }
+}
+
 /// The input roles the engine knows how to fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputRole {
@@ -86,6 +129,33 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The task, from `task`, `pooling` and `dim`; `Err` says what is
+    /// wrong or not supported.
+    pub fn task_kind(&self) -> Result<Task, String> {
+        match self.task.as_deref() {
+            None | Some("classify" | "text-classification") => Ok(Task::Classify),
+            Some("embed") => {
+                let dim = self
+                    .dim
+                    .ok_or("an embed bundle needs \"dim\", the width of its vectors")?;
+                if dim == 0 || dim > MAX_DIM {
+                    return Err(format!("dim {dim} is not in 1..={MAX_DIM}"));
+                }
+                let pooling = match self.pooling.as_deref() {
+                    None | Some("mean") => Pooling::Mean,
+                    Some("cls") => Pooling::Cls,
+                    Some(other) => {
+                        return Err(format!("pooling {other:?} is not one of mean, cls"))
+                    }
+                };
+                Ok(Task::Embed { dim, pooling })
+            }
+            Some(other) => Err(format!(
+                "task {other:?} is not supported by this runtime (it serves classify and embed)"
+            )),
+        }
+    }
+
     /// Checks the manifest is self-consistent.
     pub fn validate(&self) -> Result<(), String> {
         if self.format_version != FORMAT_VERSION {
@@ -94,8 +164,14 @@ impl Manifest {
                 self.format_version
             ));
         }
-        if self.labels.len() < 2 {
-            return Err("at least two labels are needed".into());
+        match self.task_kind()? {
+            Task::Classify if self.labels.len() < 2 => {
+                return Err("at least two labels are needed".into());
+            }
+            Task::Embed { .. } if !self.labels.is_empty() => {
+                return Err("an embed bundle has no labels".into());
+            }
+            _ => {}
         }
         if self.max_seq_len < 2 {
             return Err("max_seq_len must be at least 2 (room for [CLS] and [SEP])".into());
@@ -191,6 +267,8 @@ mod tests {
             format_version: 1,
             name: "t".into(),
             task: None,
+            pooling: None,
+            dim: None,
             precision: "fp32".into(),
             labels: vec!["NEGATIVE".into(), "POSITIVE".into()],
             max_seq_len: 32,
@@ -246,6 +324,47 @@ mod tests {
         m.labels.truncate(1);
         assert!(m.validate().is_err());
         assert!(Manifest::parse("{not json").is_err());
+    }
+
+    #[test]
+    fn embed_tasks() {
+        let mut m = sample();
+        m.task = Some("embed".into());
+        assert!(m.validate().unwrap_err().contains("dim"));
+        m.dim = Some(384);
+        assert!(m.validate().unwrap_err().contains("no labels"));
+        m.labels.clear();
+        assert_eq!(
+            m.task_kind(),
+            Ok(Task::Embed {
+                dim: 384,
+                pooling: Pooling::Mean
+            })
+        );
+        m.pooling = Some("cls".into());
+        assert_eq!(
+            m.task_kind(),
+            Ok(Task::Embed {
+                dim: 384,
+                pooling: Pooling::Cls
+            })
+        );
+        m.pooling = Some("max".into());
+        assert!(m.validate().unwrap_err().contains("max"));
+        m.pooling = None;
+        m.dim = Some(MAX_DIM + 1);
+        assert!(m.validate().is_err());
+        let text = serde_json::to_string(&Manifest {
+            dim: Some(384),
+            ..m.clone()
+        })
+        .unwrap();
+        assert_eq!(Manifest::parse(&text).unwrap().dim, Some(384));
+        let mut m = sample();
+        m.task = Some("ner".into());
+        assert!(m.validate().unwrap_err().contains("not supported"));
+        m.task = Some("text-classification".into());
+        assert_eq!(m.task_kind(), Ok(Task::Classify));
     }
 
     #[test]

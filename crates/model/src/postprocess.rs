@@ -1,4 +1,43 @@
-//! Turning logits into a label and probabilities (pure).
+//! Turning logits into a label and probabilities, and token vectors into
+//! one embedding (pure).
+
+use crate::manifest::Pooling;
+
+/// Pools `hidden`, `[len, dim]` row-major token vectors of which the first
+/// `n` are real tokens (the rest padding), into `out` (`dim` values): the
+/// mean of those `n` rows, summed in row order, or row 0.
+pub fn pool_into(hidden: &[f32], n: usize, pooling: Pooling, out: &mut [f32]) {
+    let dim = out.len();
+    assert!(
+        dim > 0 && n > 0 && hidden.len() >= n * dim,
+        "pool: shape mismatch"
+    );
+    match pooling {
+        Pooling::Cls => out.copy_from_slice(&hidden[..dim]),
+        Pooling::Mean => {
+            out.fill(0.0);
+            for row in hidden[..n * dim].chunks_exact(dim) {
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o += v;
+                }
+            }
+            let inv = 1.0 / n as f32;
+            for o in out.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+}
+
+/// Scales `v` to unit L2 norm (an all-zero vector stays zero).
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            *x /= norm;
+        }
+    }
+}
 
 /// Numerically stable softmax of `logits` into `out` (same length).
 pub fn softmax_into(logits: &[f32], out: &mut [f32]) {
@@ -53,7 +92,51 @@ mod tests {
         assert_eq!(argmax(&[0.1, f32::NAN]), None);
     }
 
+    #[test]
+    fn pooling_known_values() {
+        // Three tokens of width 2, the third padding.
+        let hidden = [1.0, 2.0, 3.0, 6.0, 100.0, 100.0];
+        let mut out = [0.0; 2];
+        pool_into(&hidden, 2, Pooling::Mean, &mut out);
+        assert_eq!(out, [2.0, 4.0]);
+        pool_into(&hidden, 2, Pooling::Cls, &mut out);
+        assert_eq!(out, [1.0, 2.0]);
+        let mut v = [3.0, 4.0];
+        l2_normalize(&mut v);
+        assert_eq!(v, [0.6, 0.8]);
+        let mut z = [0.0, 0.0];
+        l2_normalize(&mut z);
+        assert_eq!(z, [0.0, 0.0]);
+    }
+
     proptest! {
+        #[test]
+        fn mean_pool_ignores_padding_and_normalises(
+            dim in 1usize..6,
+            n in 1usize..5,
+            pad in 0usize..3,
+            seed in prop::collection::vec(-10.0f32..10.0, 64),
+        ) {
+            let len = n + pad;
+            let hidden: Vec<f32> = (0..len * dim).map(|i| seed[i % seed.len()] + i as f32 * 0.01).collect();
+            let mut a = vec![0.0; dim];
+            pool_into(&hidden, n, Pooling::Mean, &mut a);
+            let mut padded_other = hidden.clone();
+            for v in &mut padded_other[n * dim..] {
+                *v = 1e6;
+            }
+            let mut b = vec![0.0; dim];
+            pool_into(&padded_other, n, Pooling::Mean, &mut b);
+            prop_assert_eq!(&a, &b);
+            for (j, &m) in a.iter().enumerate() {
+                let want = (0..n).map(|r| hidden[r * dim + j] as f64).sum::<f64>() / n as f64;
+                prop_assert!((m as f64 - want).abs() < 1e-4);
+            }
+            l2_normalize(&mut a);
+            let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+            prop_assert!(norm == 0.0 || (norm - 1.0).abs() < 1e-5);
+        }
+
         #[test]
         fn softmax_is_a_distribution_preserving_order(
             logits in prop::collection::vec(-50.0f32..50.0, 2..8)
