@@ -45,6 +45,17 @@ enum Command {
         edge-bert classify --serial /dev/ttyUSB0 --baud 115200 \"great film\""
     )]
     Classify(cli::classify::Args),
+    /// Embed texts with an embedding bundle (task "embed"): one JSON line per text.
+    #[command(
+        after_help = "Output: {\"embedding\":[...],\"tokens\":N,\"truncated\":false,\"text\":\"...\"} per text;\n\
+        the vector is pooled as the manifest says (mean over the real tokens, or CLS) and has\n\
+        unit L2 norm, so a dot product of two is their cosine.\n\
+        Examples:\n  edge-bert-quantize import --onnx paraphrase-MiniLM-L3-v2.onnx \\\n      \
+        --tokenizer tokenizer.json --task embed --output models/paraphrase\n  \
+        edge-bert embed --model models/paraphrase \"a gorgeous, moving film\"\n  \
+        edge-bert embed --model models/paraphrase < texts.txt"
+    )]
+    Embed(cli::embed::Args),
     /// Serve the model on a local socket (JSON lines; see docs/protocol.md).
     #[command(
         after_help = "Examples:\n  edge-bert serve --socket /tmp/edge-bert.sock\n  \
@@ -100,6 +111,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Classify(a) => cli::classify::run(a),
+        Command::Embed(a) => cli::embed::run(a),
         Command::Serve(a) => cli::serve::run(a),
         Command::Reload(a) => cli::reload::run(a),
         Command::Eval(a) => cli::eval::run(a),

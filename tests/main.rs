@@ -9,6 +9,8 @@ mod bundle_errors;
 mod cli;
 #[path = "it/deploy.rs"]
 mod deploy;
+#[path = "it/embed.rs"]
+mod embed;
 #[path = "it/golden.rs"]
 mod golden;
 #[path = "it/reliability.rs"]

@@ -1,7 +1,7 @@
 //! `edge-bert classify`: texts from the arguments or stdin, answered by the
 //! model in-process or by a running server (socket, TCP, serial).
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use edge_bert::client::{Client, SerialClient};
@@ -131,7 +131,6 @@ fn classification_json(c: &Classification, text: &str) -> serde_json::Value {
 fn classify(mut clf: Backend, json: bool, texts: Vec<String>) -> Result<(), Failure> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut failed = 0usize;
     // Ok(false): this text was refused (reported on stderr), go on with the rest.
     let mut one = |n: usize, text: &str, out: &mut dyn Write| -> Result<bool, Failure> {
         match clf.classify(text) {
@@ -164,38 +163,7 @@ fn classify(mut clf: Backend, json: bool, texts: Vec<String>) -> Result<(), Fail
         }
         Ok(true)
     };
-    if texts.is_empty() {
-        let stdin = std::io::stdin();
-        let mut reader = stdin.lock();
-        let mut buf = Vec::new();
-        let mut n = 0;
-        loop {
-            buf.clear();
-            let read = reader
-                .read_until(b'\n', &mut buf)
-                .map_err(|e| Failure::new(1, format!("reading stdin: {e}")))?;
-            if read == 0 {
-                break;
-            }
-            n += 1;
-            let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            match std::str::from_utf8(line) {
-                Ok(text) => failed += usize::from(!one(n, text, &mut out)?),
-                Err(e) => {
-                    eprintln!(
-                        "edge-bert: stdin line {n} is not valid UTF-8 (byte {}): skipped",
-                        e.valid_up_to()
-                    );
-                    failed += 1;
-                }
-            }
-        }
-    } else {
-        for (i, text) in texts.iter().enumerate() {
-            failed += usize::from(!one(i + 1, text, &mut out)?);
-        }
-    }
+    let failed = super::each_text(texts, |n, text| one(n, text, &mut out))?;
     out.flush()
         .map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
     if failed > 0 {

@@ -13,6 +13,7 @@ use edge_bert_model::{Bundle, Classifier, Error};
 
 pub mod bench;
 pub mod classify;
+pub mod embed;
 pub mod eval;
 pub mod info;
 pub mod reload;
@@ -101,4 +102,49 @@ pub fn load_with(
         clf.engine().built_buckets()
     );
     Ok(clf)
+}
+
+/// Calls `one(n, text)` for each text (numbered from 1): the arguments, or
+/// with none, each line of stdin (a line that is not UTF-8 is reported on
+/// stderr and counted as failed). `one` gives `Ok(false)` for a text it
+/// refused and reported; returns how many failed.
+pub fn each_text(
+    texts: Vec<String>,
+    mut one: impl FnMut(usize, &str) -> Result<bool, Failure>,
+) -> Result<usize, Failure> {
+    use std::io::BufRead;
+    let mut failed = 0usize;
+    if !texts.is_empty() {
+        for (i, text) in texts.iter().enumerate() {
+            failed += usize::from(!one(i + 1, text)?);
+        }
+        return Ok(failed);
+    }
+    let stdin = std::io::stdin();
+    let mut reader = stdin.lock();
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        buf.clear();
+        let read = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Failure::new(1, format!("reading stdin: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match std::str::from_utf8(line) {
+            Ok(text) => failed += usize::from(!one(n, text)?),
+            Err(e) => {
+                eprintln!(
+                    "edge-bert: stdin line {n} is not valid UTF-8 (byte {}): skipped",
+                    e.valid_up_to()
+                );
+                failed += 1;
+            }
+        }
+    }
+    Ok(failed)
 }

@@ -155,6 +155,10 @@ fn serve(
         }
         _ => {
             let mut clf = load(source.as_ref().map(|s| s.dir.as_path()), None)?;
+            if let Some(s) = &source {
+                server::reload::servable(&clf, &s.dir)
+                    .map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
+            }
             server::warm_up(&mut clf).map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
             if source.is_some() {
                 log::warn!("serving an unsigned bundle (no --trusted-keys)");

@@ -191,12 +191,27 @@ pub fn load(source: &ModelSource) -> Result<(Classifier, Option<Signed>, Option<
         None => None,
     };
     let mut clf = Classifier::from_bundle(bundle, None, false)?;
+    servable(&clf, &source.dir)?;
     warm_up(&mut clf)?;
     let worst = match cases {
         Some(cases) => Some(selftest::run(&mut clf, &cases)?),
         None => None,
     };
     Ok((clf, signed, worst))
+}
+
+/// Refuses a bundle whose task the server does not answer (it answers
+/// classify requests only).
+pub fn servable(clf: &Classifier, dir: &Path) -> Result<()> {
+    if clf.task() == edge_bert_model::manifest::Task::Classify {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{}: an {} bundle; the server answers classify requests only (use `edge-bert {}` in-process)",
+        dir.display(),
+        clf.task().name(),
+        clf.task().name()
+    )))
 }
 
 /// Clears the reloading flag when dropped.

@@ -30,6 +30,8 @@ static TRACE: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+    /// This thread's loop allocations outside tract's plan run.
+    static THREAD_LOOP_ALLOCS: Cell<u64> = const { Cell::new(0) };
 }
 
 fn count(size: usize) {
@@ -40,6 +42,7 @@ fn count(size: usize) {
         TRACT_ALLOCS.fetch_add(1, Ordering::Relaxed);
         TRACT_BYTES.fetch_add(size as u64, Ordering::Relaxed);
     } else {
+        THREAD_LOOP_ALLOCS.with(|c| c.set(c.get() + 1));
         LOOP_ALLOCS.fetch_add(1, Ordering::Relaxed);
         LOOP_BYTES.fetch_add(size as u64, Ordering::Relaxed);
         if TRACE.load(Ordering::Relaxed) && !IN_TRACE.with(Cell::get) {
@@ -178,4 +181,46 @@ fn serving_loop_allocates_nothing_per_request() {
          rerun with EDGE_BERT_ALLOC_TRACE=1 to see where"
     );
     assert!(tract_allocs > 0, "the probe saw no tract run at all");
+}
+
+/// `Classifier::embed_into` on a real embedding model (paraphrase-MiniLM-L3-v2,
+/// see `embed.rs`): after two passes of warm-up, texts of every length cost
+/// no allocation outside tract's plan run.
+#[test]
+fn embedding_a_text_allocates_nothing_outside_tract() {
+    let dir = crate::embed::bundle().to_path_buf();
+    let texts: Vec<String> =
+        std::fs::read_to_string(crate::util::root().join("tests/fixtures/embed-reference.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+    let (allocs, n) = std::thread::spawn(move || {
+        let mut clf = Classifier::from_dir(&dir).unwrap();
+        let mut v = vec![0.0f32; 384];
+        // Warm-up: each length bucket twice (a second input buffer is made
+        // the first time tract's state still holds one; see `engine.rs`).
+        for t in texts.iter().chain(&texts) {
+            clf.embed_into(t, &mut v).unwrap();
+        }
+        edge_bert_model::alloc_probe::mark_loop_thread();
+        TRACE.store(
+            std::env::var_os("EDGE_BERT_ALLOC_TRACE").is_some(),
+            Ordering::SeqCst,
+        );
+        let before = THREAD_LOOP_ALLOCS.with(Cell::get);
+        for t in texts.iter().rev() {
+            clf.embed_into(t, &mut v).unwrap();
+        }
+        (THREAD_LOOP_ALLOCS.with(Cell::get) - before, texts.len())
+    })
+    .join()
+    .unwrap();
+    eprintln!("embed_into: {allocs} allocations outside tract over {n} texts");
+    assert_eq!(allocs, 0);
 }

