@@ -139,8 +139,23 @@ enum KeyCommand {
         3 the bundle does not load, 5 cannot write."
     )]
     Sign(keys::SignArgs),
+    /// Make an fp32 bundle from a Hugging Face BERT-family ONNX export and its
+    /// tokenizer.json; the bundle is loaded and run on sample texts before exit 0.
+    #[command(after_help = "Examples:\n  \
+        edge-bert-quantize import --onnx paraphrase-MiniLM-L3-v2.onnx \\\n      \
+            --tokenizer tokenizer.json --task embed --output models/paraphrase-l3\n  \
+        edge-bert-quantize import --onnx export/model.onnx --tokenizer export/tokenizer.json \\\n      \
+            --task classify --output models/topics        # labels from export/config.json\n\n\
+        What import does to the graph: external data files inlined, value_info dropped,\n\
+        only the output the task reads kept (and what it needs), float/int32 masks cast\n\
+        to the int64 the runtime feeds. Quantise the result with\n\
+        `edge-bert-quantize --input DIR --output DIR-int8`.\n\
+        Exit codes: 0 written and run, 2 usage, 3 the model or tokenizer cannot be\n\
+        served (the message says why), 5 cannot write.")]
+    Import(import::ImportArgs),
 }
 
+mod import;
 mod keys;
 
 pub(crate) struct Failure(u8, String);
@@ -151,12 +166,13 @@ fn fail<E: std::fmt::Display>(code: u8) -> impl Fn(E) -> Failure {
 
 fn main() -> ExitCode {
     let sub = std::env::args().nth(1);
-    let result = if matches!(sub.as_deref(), Some("keygen" | "sign")) {
+    let result = if matches!(sub.as_deref(), Some("keygen" | "sign" | "import")) {
         let cli = KeyCli::parse();
         init_log();
         match &cli.command {
             KeyCommand::Keygen(a) => keys::keygen(a),
             KeyCommand::Sign(a) => keys::sign(a),
+            KeyCommand::Import(a) => import::import(a),
         }
     } else {
         let cli = Cli::parse();
@@ -179,7 +195,48 @@ fn init_log() {
 }
 
 fn read_examples(path: &Path, labels: &[String]) -> Result<Vec<Example>, Failure> {
+    if labels.is_empty() {
+        return read_texts(path);
+    }
     read_tsv(path, labels).map_err(fail(4))
+}
+
+/// Texts for an `embed` bundle (no labels): each non-empty line's text
+/// after its first tab, or the whole line (so a classify TSV serves too).
+fn read_texts(path: &Path) -> Result<Vec<Example>, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| Failure(4, format!("{}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Failure(4, format!("{}: not valid UTF-8", path.display())))?;
+    let out: Vec<Example> = text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .map(|l| l.split_once('\t').map_or(l, |(_, t)| t))
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| Example {
+            label: 0,
+            text: t.to_string(),
+        })
+        .collect();
+    if out.is_empty() {
+        return Err(Failure(4, format!("{}: no texts", path.display())));
+    }
+    Ok(out)
+}
+
+/// fp32 against int8 vectors of an `embed` bundle: cosine per text.
+fn cosines(fp32: &Bundle, int8: &Bundle, examples: &[Example]) -> Result<Vec<f64>, Failure> {
+    let mut a = Classifier::new(fp32, None).map_err(fail(1))?;
+    let mut b = Classifier::new(int8, None).map_err(fail(1))?;
+    let bar = bar(examples.len(), "eval cosine");
+    let mut out = Vec::with_capacity(examples.len());
+    for ex in examples {
+        let x = a.embed(&ex.text).map_err(fail(1))?.vector;
+        let y = b.embed(&ex.text).map_err(fail(1))?.vector;
+        out.push(x.iter().zip(&y).map(|(p, q)| (p * q) as f64).sum());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 fn bar(len: usize, what: &str) -> indicatif::ProgressBar {
@@ -513,7 +570,25 @@ fn run(cli: &Cli) -> Result<(), Failure> {
 
     // Accuracy, and the search for layers to keep in fp32.
     let mut eval_report = serde_json::Value::Null;
-    if let (Some(eval_path), Some(examples)) = (&cli.eval, eval_examples.as_deref()) {
+    let embed = labels.is_empty();
+    if embed && (cli.max_accuracy_drop.is_some() || cli.min_agreement.is_some()) {
+        return Err(Failure(
+            2,
+            "--max-accuracy-drop and --min-agreement are for classify bundles; an embed bundle's --eval reports cosines".into(),
+        ));
+    }
+    if let (true, Some(eval_path), Some(examples)) = (embed, &cli.eval, eval_examples.as_deref()) {
+        let c = cosines(&input, &out_bundle, examples)?;
+        let mut sorted = c.clone();
+        sorted.sort_by(f64::total_cmp);
+        eval_report = json!({
+            "data": eval_path.display().to_string(),
+            "examples": c.len(),
+            "cosine_min": sorted[0],
+            "cosine_p01": sorted[sorted.len() / 100],
+            "cosine_mean": c.iter().sum::<f64>() / c.len() as f64,
+        });
+    } else if let (Some(eval_path), Some(examples)) = (&cli.eval, eval_examples.as_deref()) {
         let fp32 = evaluate(&input, examples, "eval fp32")?;
         let acc32 = accuracy(&fp32, examples);
         let mut int8 = evaluate(&out_bundle, examples, "eval int8")?;
@@ -595,8 +670,15 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         ],
     )
     .map_err(|e| Failure(5, format!("writing {}: {e}", cli.output.display())))?;
-    // Check what was written loads like any other bundle.
+    // Check what was written loads like any other bundle, and runs.
     Bundle::load_dir(&out_canon).map_err(fail(1))?;
+    if let Err(e) = import::self_test(&out_canon, &out_bundle.manifest) {
+        let _ = std::fs::remove_dir_all(&out_canon);
+        return Err(Failure(
+            1,
+            format!("the int8 bundle does not run, so it was removed: {e}"),
+        ));
+    }
 
     let size = |b: &Bundle| -> u64 {
         [&b.manifest.model, &b.manifest.tokenizer]
@@ -669,7 +751,15 @@ fn print_report(r: &serde_json::Value, layers: &[(String, f64)]) {
         r["int8_embeddings"].as_array().map_or(0, |a| a.len())
     );
     let e = &r["eval"];
-    if !e.is_null() {
+    if !e["cosine_min"].is_null() {
+        println!(
+            "cosine     int8 vs fp32 on {} texts: min {:.5}  1st percentile {:.5}  mean {:.5}",
+            e["examples"],
+            e["cosine_min"].as_f64().unwrap_or(0.0),
+            e["cosine_p01"].as_f64().unwrap_or(0.0),
+            e["cosine_mean"].as_f64().unwrap_or(0.0)
+        );
+    } else if !e.is_null() {
         println!(
             "accuracy   fp32 {:.2}%  int8 {:.2}%  (drop {:.2} points) on {} texts",
             e["fp32_accuracy"].as_f64().unwrap_or(0.0),

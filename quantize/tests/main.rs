@@ -396,3 +396,6 @@ fn accuracy_bound_search_walks_layers_worst_first() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(report(&rep)["kept_fp32"], serde_json::json!([]));
 }
+
+#[path = "import/mod.rs"]
+mod import;

@@ -1,0 +1,487 @@
+//! `edge-bert-quantize import`: a real foreign model (paraphrase-MiniLM-L3-v2
+//! from its PyPI package) against ONNX Runtime, and the tiny model rewritten
+//! the ways exporters write files (external data, float masks, extra
+//! outputs, symbolic value_info) and broken the ways users break them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use edge_bert_model::Classifier;
+use prost::Message;
+use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
+use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, type_proto, AttributeProto, ModelProto, NodeProto,
+    StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use super::{assert_fails, models, quantize, root, stderr};
+
+/// The model file, fetched (once) by models/paraphrase/fetch.sh.
+fn paraphrase() -> PathBuf {
+    let o = Command::new("bash")
+        .arg(root().join("models/paraphrase/fetch.sh"))
+        .output()
+        .expect("run bash");
+    assert!(
+        o.status.success(),
+        "models/paraphrase/fetch.sh failed (it downloads the model from PyPI): {}",
+        stderr(&o)
+    );
+    PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
+}
+
+struct Reference {
+    text: String,
+    tokens: usize,
+    truncated: bool,
+    embedding: Vec<f32>,
+}
+
+/// ONNX Runtime's mean-pooled, normalised vectors (tests/fixtures/
+/// make_embed_reference.py).
+fn references() -> Vec<Reference> {
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/embed-reference.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Reference {
+                text: v["text"].as_str().unwrap().to_string(),
+                tokens: v["tokens"].as_u64().unwrap() as usize,
+                truncated: v["truncated"].as_bool().unwrap(),
+                embedding: v["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Worst cosine of a bundle's vectors against ONNX Runtime's.
+fn worst_cosine(dir: &Path, refs: &[Reference]) -> f64 {
+    let mut clf = Classifier::from_dir(dir).unwrap();
+    let mut worst = f64::INFINITY;
+    for r in refs {
+        let e = clf.embed(&r.text).unwrap();
+        assert_eq!(e.tokens, r.tokens, "{:?}", r.text);
+        assert_eq!(e.truncated, r.truncated, "{:?}", r.text);
+        let norm: f64 = e
+            .vector
+            .iter()
+            .map(|x| (*x as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+        worst = worst.min(cosine(&e.vector, &r.embedding));
+    }
+    worst
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn paraphrase_minilm_imports_in_one_command_and_matches_onnx_runtime() {
+    let model = paraphrase();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("paraphrase-l3");
+    let tokenizer = format!("{}/tokenizer.json", models("sentiment-fp32"));
+    let o = quantize(&[
+        "import",
+        "--onnx",
+        path(&model),
+        "--tokenizer",
+        &tokenizer,
+        "--task",
+        "embed",
+        "--output",
+        path(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["task"], "embed");
+    assert_eq!(m["dim"], 384);
+    assert_eq!(m["pooling"], "mean");
+    assert_eq!(
+        m["inputs"],
+        serde_json::json!(["input_ids", "attention_mask"])
+    );
+    // The export has four outputs; the token vectors are the one kept.
+    assert_eq!(m["output"], "onnx::Shape_422");
+
+    let refs = references();
+    assert!(refs.len() >= 80 && refs.iter().any(|r| r.truncated));
+    let fp32 = worst_cosine(&out, &refs);
+    eprintln!(
+        "fp32: worst cosine {fp32:.7} against ONNX Runtime on {} texts",
+        refs.len()
+    );
+    assert!(fp32 >= 0.9999, "fp32 worst cosine {fp32}");
+
+    // int8, by the quantiser; its report gives fp32-vs-int8 cosines.
+    let q = tmp.path().join("paraphrase-l3-int8");
+    let texts = tmp.path().join("texts.txt");
+    let lines: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    std::fs::write(&texts, lines.join("\n")).unwrap();
+    let rep = tmp.path().join("report.json");
+    let o = quantize(&[
+        "--input",
+        path(&out),
+        "--output",
+        path(&q),
+        "--eval",
+        path(&texts),
+        "--report",
+        path(&rep),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+    let reported = r["eval"]["cosine_min"].as_f64().unwrap();
+    assert_eq!(r["eval"]["examples"], refs.len());
+    assert!(reported >= 0.99, "{r}");
+    let int8 = worst_cosine(&q, &refs);
+    eprintln!("int8: worst cosine {int8:.5} against ONNX Runtime's fp32, {reported:.5} against edge-bert's fp32");
+    assert!(int8 >= 0.99, "int8 worst cosine {int8}");
+    assert!(int8 < fp32, "int8 is not expected to beat fp32");
+}
+
+fn tiny_proto() -> ModelProto {
+    ModelProto::decode(&*std::fs::read(root().join("models/tiny/model.onnx")).unwrap()).unwrap()
+}
+
+fn write_model(dir: &Path, m: &ModelProto) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join("model.onnx");
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    p
+}
+
+fn tiny_tokenizer() -> String {
+    format!("{}/tokenizer.json", models("tiny"))
+}
+
+fn import(args: &[&str]) -> Output {
+    let mut all = vec!["import"];
+    all.extend_from_slice(args);
+    quantize(&all)
+}
+
+fn dims(names: &[&str]) -> Option<TensorShapeProto> {
+    Some(TensorShapeProto {
+        dim: names
+            .iter()
+            .map(|n| Dimension {
+                value: Some(match n.parse::<i64>() {
+                    Ok(v) => dimension::Value::DimValue(v),
+                    Err(_) => dimension::Value::DimParam(n.to_string()),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+    })
+}
+
+fn value(name: &str, dt: DataType, shape: &[&str]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: dt as i32,
+                shape: dims(shape),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The tiny model as torch's default exporter writes big models: weights
+/// in `model.onnx.data`, a float attention mask, a symbolic batch in
+/// value_info, and a second output.
+#[test]
+fn import_inlines_external_data_casts_float_masks_and_keeps_one_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("export");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut m = tiny_proto();
+    let g = m.graph.as_mut().unwrap();
+    // External data.
+    let mut data = Vec::new();
+    let mut moved = 0;
+    for t in &mut g.initializer {
+        if t.raw_data.len() < 64 {
+            continue;
+        }
+        while data.len() % 64 != 0 {
+            data.push(0);
+        }
+        let offset = data.len();
+        data.extend_from_slice(&t.raw_data);
+        t.external_data = vec![
+            StringStringEntryProto {
+                key: "location".into(),
+                value: "model.onnx.data".into(),
+            },
+            StringStringEntryProto {
+                key: "offset".into(),
+                value: offset.to_string(),
+            },
+            StringStringEntryProto {
+                key: "length".into(),
+                value: t.raw_data.len().to_string(),
+            },
+        ];
+        t.raw_data.clear();
+        t.data_location = Some(DataLocation::External as i32);
+        moved += 1;
+    }
+    assert!(moved > 10);
+    std::fs::write(dir.join("model.onnx.data"), &data).unwrap();
+    // A float mask, cast back to int64 inside the graph (as an export of a
+    // model that takes a float mask does in its own way).
+    for node in &mut g.node {
+        for i in &mut node.input {
+            if i == "attention_mask" {
+                *i = "mask_as_int".into();
+            }
+        }
+    }
+    g.node.insert(
+        0,
+        NodeProto {
+            name: "mask_cast".into(),
+            op_type: "Cast".into(),
+            input: vec!["attention_mask".into()],
+            output: vec!["mask_as_int".into()],
+            attribute: vec![AttributeProto {
+                name: "to".into(),
+                r#type: AttributeType::Int as i32,
+                i: DataType::Int64 as i64,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    for i in &mut g.input {
+        if i.name == "attention_mask" {
+            *i = value("attention_mask", DataType::Float, &["batch", "sequence"]);
+        }
+    }
+    // A second output, and value_info with a symbolic batch.
+    g.output.push(value(
+        "mask_as_int",
+        DataType::Int64,
+        &["batch", "sequence"],
+    ));
+    g.value_info
+        .push(value("logits", DataType::Float, &["batch", "2"]));
+    let onnx = write_model(&dir, &m);
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"id2label": {"1": "POS", "0": "NEG"}, "max_position_embeddings": 512}"#,
+    )
+    .unwrap();
+
+    let out = tmp.path().join("imported");
+    let o = import(&[
+        "--onnx",
+        path(&onnx),
+        "--tokenizer",
+        &tiny_tokenizer(),
+        "--task",
+        "classify",
+        "--max-len",
+        "64",
+        "--output",
+        path(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(mf["labels"], serde_json::json!(["NEG", "POS"]));
+    assert_eq!(mf["output"], "logits");
+    let p = &mf["provenance"];
+    assert_eq!(p["external_tensors_inlined"], moved);
+    assert_eq!(
+        p["inputs_cast_to_int64"],
+        serde_json::json!(["attention_mask"])
+    );
+    assert_eq!(p["value_info_dropped"], 1);
+    let written = std::fs::read_dir(&out).unwrap().count();
+    assert_eq!(written, 3, "manifest, model and tokenizer only");
+
+    // Same logits as the tiny bundle it came from.
+    let mut a = Classifier::from_dir(models("tiny")).unwrap();
+    let mut b = Classifier::from_dir(&out).unwrap();
+    for text in ["a fine film", "dull and long, far too long", "x"] {
+        let (x, y) = (a.classify(text).unwrap(), b.classify(text).unwrap());
+        for (p, q) in x.logits.iter().zip(&y.logits) {
+            assert!(
+                (p - q).abs() < 1e-5,
+                "{text}: {:?} vs {:?}",
+                x.logits,
+                y.logits
+            );
+        }
+    }
+
+    // External data that points outside the model's directory is refused.
+    let mut bad = ModelProto::decode(&*std::fs::read(&onnx).unwrap()).unwrap();
+    let t = bad
+        .graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .iter_mut()
+        .find(|t| !t.external_data.is_empty())
+        .unwrap();
+    t.external_data[0].value = "../model.onnx.data".into();
+    let bad_dir = tmp.path().join("bad");
+    let onnx = write_model(&bad_dir, &bad);
+    let o = import(&[
+        "--onnx",
+        path(&onnx),
+        "--tokenizer",
+        &tiny_tokenizer(),
+        "--task",
+        "classify",
+        "--labels",
+        "a,b",
+        "--output",
+        path(&tmp.path().join("never")),
+    ]);
+    assert_fails(&o, 3, "is not a file beside the model");
+    assert!(!tmp.path().join("never").exists());
+}
+
+#[test]
+fn import_refuses_what_it_cannot_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = format!("{}/model.onnx", models("tiny"));
+    let tok = tiny_tokenizer();
+    let out = tmp.path().join("out");
+    let o = path(&out);
+    let run = |extra: &[&str], onnx: &str, tok: &str| {
+        let mut a = vec!["--onnx", onnx, "--tokenizer", tok, "--output", o];
+        if !extra.contains(&"--max-len") {
+            a.extend_from_slice(&["--max-len", "64"]);
+        }
+        a.extend_from_slice(extra);
+        import(&a)
+    };
+    assert_fails(
+        &run(&["--task", "classify"], &onnx, &tok),
+        2,
+        "no --labels given and no config.json",
+    );
+    assert_fails(
+        &run(&["--task", "classify", "--labels", "one"], &onnx, &tok),
+        2,
+        "at least 2",
+    );
+    assert_fails(
+        &run(&["--task", "classify", "--labels", "a,b,c"], &onnx, &tok),
+        3,
+        "gives 2 logits but 3 labels",
+    );
+    assert_fails(
+        &run(&["--task", "embed"], &onnx, &tok),
+        3,
+        "no output of the model looks like [batch, tokens, dim] token vectors",
+    );
+    assert_fails(
+        &run(&["--task", "embed", "--output-name", "nope"], &onnx, &tok),
+        3,
+        "--output-name \"nope\" is not an output of the model (it has: logits",
+    );
+    assert_fails(
+        &run(&["--task", "classify", "--labels", "a,b"], &tok, &tok),
+        3,
+        "not an ONNX model",
+    );
+    assert_fails(
+        &run(&["--task", "classify", "--labels", "a,b"], &onnx, &onnx),
+        3,
+        "--tokenizer",
+    );
+    assert_fails(
+        &run(
+            &["--task", "classify", "--labels", "a,b"],
+            "/nonexistent.onnx",
+            &tok,
+        ),
+        3,
+        "/nonexistent.onnx",
+    );
+    assert_fails(
+        &run(
+            &["--task", "classify", "--labels", "a,b", "--max-len", "4"],
+            &onnx,
+            &tok,
+        ),
+        2,
+        "--max-len",
+    );
+    // An input edge-bert cannot feed.
+    let mut m = tiny_proto();
+    let g = m.graph.as_mut().unwrap();
+    for i in &mut g.input {
+        if i.name == "token_type_ids" {
+            i.name = "pixel_values".into();
+        }
+    }
+    for n in &mut g.node {
+        for i in &mut n.input {
+            if i == "token_type_ids" {
+                *i = "pixel_values".into();
+            }
+        }
+    }
+    let odd = write_model(&tmp.path().join("odd"), &m);
+    assert_fails(
+        &run(&["--task", "classify", "--labels", "a,b"], path(&odd), &tok),
+        3,
+        "model input pixel_values (int64",
+    );
+    // Longer than the position table (64 rows in the tiny model).
+    assert_fails(
+        &run(
+            &["--task", "classify", "--labels", "a,b", "--max-len", "128"],
+            &onnx,
+            &tok,
+        ),
+        2,
+        "over the model's 64 positions",
+    );
+    assert!(!out.exists(), "nothing is written on failure");
+    // An existing output is kept unless --force.
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep"), "x").unwrap();
+    assert_fails(
+        &run(&["--task", "classify", "--labels", "a,b"], &onnx, &tok),
+        5,
+        "exists (use --force",
+    );
+    assert!(out.join("keep").exists());
+    let ok = run(
+        &["--task", "classify", "--labels", "a,b", "--force"],
+        &onnx,
+        &tok,
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(!out.join("keep").exists());
+}
