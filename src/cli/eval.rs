@@ -47,6 +47,18 @@ fn eval(
 ) -> Result<(), Failure> {
     let mut clf = load(model, None)?;
     let mut reference = reference.map(|r| load(Some(r), None)).transpose()?;
+    for c in std::iter::once(&clf).chain(reference.as_ref()) {
+        if c.task() != edge_bert_model::manifest::Task::Classify {
+            return Err(Failure::new(
+                super::EXIT_USAGE,
+                format!(
+                    "{} is an {} bundle; eval measures classifiers (for int8 against fp32 vectors: edge-bert-quantize --eval)",
+                    c.source(),
+                    c.task().name()
+                ),
+            ));
+        }
+    }
     let labels = clf.manifest().labels.clone();
     let mut examples =
         read_tsv(data, &labels).map_err(|e| Failure::new(EXIT_DATA, e.to_string()))?;

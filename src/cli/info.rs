@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use edge_bert_model::engine::MatmulInfo;
+use edge_bert_model::manifest::Task;
 use edge_bert_model::Manifest;
 use serde::Serialize;
 
@@ -85,7 +86,10 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
                 .iter()
                 .map(|n| (n.clone(), format!("1x{bucket}xi64")))
                 .collect(),
-            output: format!("1x{}xf32", m.labels.len()),
+            output: match clf.task() {
+                Task::Embed { dim, .. } => format!("1x{bucket}x{dim}xf32"),
+                Task::Classify => format!("1x{}xf32", m.labels.len()),
+            },
         })
         .collect();
     let report = InfoReport {
@@ -139,7 +143,18 @@ impl std::fmt::Display for InfoReport<'_> {
             "inputs       {} (each 1 x bucket, i64)",
             self.input_names.join(", ")
         )?;
-        writeln!(f, "output       {} (1 x {}, f32)", m.output, m.labels.len())?;
+        match m.task_kind() {
+            Ok(Task::Embed { dim, pooling }) => writeln!(
+                f,
+                "output       {} (1 x bucket x {dim}, f32; {} pooling, L2-normalised)",
+                m.output,
+                match pooling {
+                    edge_bert_model::manifest::Pooling::Mean => "mean",
+                    edge_bert_model::manifest::Pooling::Cls => "cls",
+                }
+            )?,
+            _ => writeln!(f, "output       {} (1 x {}, f32)", m.output, m.labels.len())?,
+        }
         writeln!(f, "parameters   {}", self.parameters)?;
         writeln!(f, "vocabulary   {} tokens", self.vocab_size)?;
         writeln!(f, "files")?;

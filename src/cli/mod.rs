@@ -37,11 +37,19 @@ pub fn emit<R: serde::Serialize + std::fmt::Display>(
     if json {
         let value = serde_json::to_value(report)
             .map_err(|e| Failure::new(EXIT_INPUT, format!("report: {e}")))?;
-        println!("{value}");
+        print_out(&format!("{value}\n"))
     } else {
-        print!("{report}");
+        print_out(&report.to_string())
     }
-    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is an error, not a panic.
+pub fn print_out(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::new(EXIT_INPUT, format!("stdout: {e}")))
 }
 
 /// A failure with the exit code it maps to.

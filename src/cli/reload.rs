@@ -31,8 +31,7 @@ pub fn run(a: Args) -> Result<(), Failure> {
         .request(&json!({ "op": "reload" }))
         .map_err(|e| Failure::new(EXIT_CONNECT, e.to_string()))?;
     if v["reload"] == "ok" {
-        println!("{v}");
-        return Ok(());
+        return super::print_out(&format!("{v}\n"));
     }
     let msg = v["error"]["message"].as_str().unwrap_or("no answer");
     Err(Failure::new(

@@ -278,3 +278,22 @@ fn help_has_examples() {
     let o = run(&["classify", "--nope"], b"");
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A report written to a full device (or a closed pipe) is an error, not a panic.
+#[test]
+fn a_report_that_cannot_be_written_is_an_error() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    for args in [&["info", "--json"][..], &["info"][..]] {
+        let o = crate::util::edge_bert()
+            .args(args)
+            .args(["--model", crate::util::tiny_dir().to_str().unwrap()])
+            .stdout(full.try_clone().unwrap())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_fails(&o, 1, "stdout: No space left on device");
+    }
+}

@@ -140,6 +140,20 @@ fn each_task_refuses_the_others_bundle() {
     assert!(stderr(&o).contains("embed"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"));
 
+    let data = root().join("models/tiny/test.tsv");
+    let o = run(
+        &["eval", "--model", dir, "--data", data.to_str().unwrap()],
+        b"",
+    );
+    assert_fails(&o, 2, "is an embed bundle; eval measures classifiers");
+    let o = run(&["info", "--model", dir], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("(1 x bucket x 384, f32; mean pooling, L2-normalised)"),
+        "{}",
+        stdout(&o)
+    );
+
     // The server answers classify requests only: refused at start-up.
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("eb.sock");
