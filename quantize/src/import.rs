@@ -46,7 +46,7 @@ pub struct ImportArgs {
     /// The ONNX export (weights may sit in external data files next to it).
     #[arg(long, value_name = "FILE")]
     pub onnx: PathBuf,
-    /// The model's Hugging Face tokenizer.json (WordPiece).
+    /// The model's Hugging Face tokenizer.json (BERT WordPiece, cased or uncased).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: PathBuf,
     /// What the model does.

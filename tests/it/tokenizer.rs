@@ -101,6 +101,84 @@ fn matches_hf_on_every_committed_text_and_edge_cases() {
     }
 }
 
+/// The real tokenizer.json with BertNormalizer's `lowercase` and
+/// `strip_accents` set, and every whole word of the vocabulary added again
+/// capitalised and upper-cased (new ids), so that a cased configuration
+/// meets cased words: parity is then checked on text that exercises it.
+fn cased_pair(lowercase: bool, strip_accents: bool, max_len: usize) -> (TextTokenizer, Tokenizer) {
+    let bytes = std::fs::read(fp32_dir().join("tokenizer.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["normalizer"]["lowercase"] = lowercase.into();
+    v["normalizer"]["strip_accents"] = strip_accents.into();
+    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+    let mut next = vocab.len() as u64;
+    let words: Vec<String> = vocab
+        .keys()
+        .filter(|w| !w.starts_with("##") && !w.starts_with('['))
+        .cloned()
+        .collect();
+    for w in words {
+        let mut cs = w.chars();
+        let first = cs.next().unwrap();
+        let capital: String = first.to_uppercase().chain(cs).collect();
+        for form in [capital, w.to_uppercase()] {
+            if !vocab.contains_key(&form) {
+                vocab.insert(form, next.into());
+                next += 1;
+            }
+        }
+    }
+    let bytes = v.to_string().into_bytes();
+    let ours = TextTokenizer::from_bytes(&bytes, max_len).unwrap();
+    let mut hf = Tokenizer::from_bytes(&bytes).unwrap();
+    hf.with_truncation(Some(TruncationParams {
+        max_length: max_len,
+        ..Default::default()
+    }))
+    .unwrap();
+    hf.with_padding(None::<PaddingParams>);
+    (ours, hf)
+}
+
+/// Cased WordPiece (`lowercase: false`, as cased BERT and most NER
+/// checkpoints) and the two mixed settings, against `tokenizers`.
+#[test]
+fn cased_configurations_match_hf() {
+    let mut texts: Vec<String> = EDGE_CASES.iter().map(|s| s.to_string()).collect();
+    texts.extend(references(&fp32_dir()).into_iter().map(|r| r.text));
+    let data = std::fs::read_to_string(fp32_dir().join("test.tsv")).unwrap();
+    texts.extend(
+        data.lines()
+            .take(400)
+            .filter_map(|l| l.split_once('\t').map(|(_, t)| t.to_string())),
+    );
+    for (lowercase, strip) in [(false, false), (false, true), (true, false)] {
+        let (ours, hf) = cased_pair(lowercase, strip, 128);
+        let failures: Vec<String> = texts
+            .iter()
+            .filter_map(|t| check(&ours, &hf, t).err())
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "lowercase {lowercase}, strip_accents {strip}: {} of {} texts differ:\n{}",
+            failures.len(),
+            texts.len(),
+            failures[..failures.len().min(5)].join("\n")
+        );
+        // The setting changes the ids (so the test can fail).
+        let (a, b) = (
+            ours.encode("Café ÉCOLE Hello").unwrap(),
+            real().0.encode("Café ÉCOLE Hello").unwrap(),
+        );
+        assert_ne!(a.ids, b.ids, "lowercase {lowercase}, strip_accents {strip}");
+    }
+}
+
+fn cased() -> &'static (TextTokenizer, Tokenizer) {
+    static P: std::sync::OnceLock<(TextTokenizer, Tokenizer)> = std::sync::OnceLock::new();
+    P.get_or_init(|| cased_pair(false, false, 24))
+}
+
 fn real() -> &'static (TextTokenizer, Tokenizer) {
     static P: std::sync::OnceLock<(TextTokenizer, Tokenizer)> = std::sync::OnceLock::new();
     P.get_or_init(|| pair(&fp32_dir(), 24))
@@ -128,6 +206,10 @@ proptest! {
         let (ours, hf) = real();
         if let Err(e) = check(ours, hf, &text) {
             prop_assert!(false, "{}", e);
+        }
+        let (ours, hf) = cased();
+        if let Err(e) = check(ours, hf, &text) {
+            prop_assert!(false, "cased: {}", e);
         }
     }
 

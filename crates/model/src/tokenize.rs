@@ -74,6 +74,11 @@ pub struct TextTokenizer {
     /// Added tokens matched verbatim in the raw text, longest first.
     specials: Vec<(String, u32)>,
     max_len: usize,
+    /// BertNormalizer's `lowercase` (false: cased models).
+    lowercase: bool,
+    /// BertNormalizer's `strip_accents` (NFD, non-spacing marks dropped);
+    /// when the file leaves it null it follows `lowercase`.
+    strip_accents: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -187,19 +192,28 @@ impl TextTokenizer {
     /// Parses a `tokenizer.json` and sets truncation to `max_len` tokens
     /// (special tokens included).
     pub fn from_bytes(json: &[u8], max_len: usize) -> Result<TextTokenizer> {
-        let j: Json = serde_json::from_slice(json)
-            .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+        let j: Json = serde_json::from_slice(json).map_err(|e| {
+            // Say what kind of tokenizer it is when that is why it failed.
+            let kind = serde_json::from_slice::<serde_json::Value>(json)
+                .ok()
+                .and_then(|v| v["model"]["type"].as_str().map(String::from));
+            match kind {
+                Some(k) if k != "WordPiece" => unsupported(format!("a {k} model")),
+                _ => Error::Tokenizer(format!("tokenizer.json: {e}")),
+            }
+        })?;
         let norm = j.normalizer.unwrap_or_default();
         let flag = |k: &str| norm.get(k).and_then(|v| v.as_bool());
         let strip = match norm.get("strip_accents") {
             None | Some(serde_json::Value::Null) => flag("lowercase"),
             Some(v) => v.as_bool(),
         };
+        let (Some(lowercase), Some(strip_accents)) = (flag("lowercase"), strip) else {
+            return Err(unsupported(format!("normalizer {norm}")));
+        };
         if norm.get("type").and_then(|t| t.as_str()) != Some("BertNormalizer")
             || flag("clean_text") != Some(true)
             || flag("handle_chinese_chars") != Some(true)
-            || flag("lowercase") != Some(true)
-            || strip != Some(true)
         {
             return Err(unsupported(format!("normalizer {norm}")));
         }
@@ -208,7 +222,10 @@ impl TextTokenizer {
             return Err(unsupported(format!("pre_tokenizer {pre}")));
         }
         let m = j.model;
-        if m.kind != "WordPiece" || m.max_input_chars_per_word != MAX_WORD_CHARS {
+        if m.kind != "WordPiece" {
+            return Err(unsupported(format!("a {} model", m.kind)));
+        }
+        if m.max_input_chars_per_word != MAX_WORD_CHARS {
             return Err(unsupported(format!(
                 "model {} with max_input_chars_per_word {}",
                 m.kind, m.max_input_chars_per_word
@@ -271,6 +288,8 @@ impl TextTokenizer {
             sep,
             specials,
             max_len,
+            lowercase,
+            strip_accents,
         })
     }
 
@@ -360,16 +379,36 @@ impl TextTokenizer {
         s.word.clear();
         s.word_chars = 0;
         // BertNormalizer: clean_text, handle_chinese_chars, strip_accents
-        // (NFD, drop non-spacing marks), lowercase; in that order.
-        let chars = text
+        // (NFD, drop non-spacing marks), lowercase; in that order; the
+        // last two as the file says (cased models do neither).
+        let cleaned = text
             .chars()
             .filter(|&c| !(c == '\0' || c == '\u{fffd}' || is_control(c)))
             .map(|c| if is_whitespace(c) { ' ' } else { c })
-            .flat_map(pad_chinese)
-            .nfd()
-            .map(|(c, _)| c)
-            .filter(|c| !c.is_mark_nonspacing())
-            .flat_map(char::to_lowercase);
+            .flat_map(pad_chinese);
+        let stripped = |it: std::iter::FlatMap<_, _, _>| {
+            it.nfd()
+                .map(|(c, _)| c)
+                .filter(|c: &char| !c.is_mark_nonspacing())
+        };
+        match (self.strip_accents, self.lowercase) {
+            (true, true) => {
+                self.pre_tokenize(stripped(cleaned).flat_map(char::to_lowercase), s, ids, room)
+            }
+            (true, false) => self.pre_tokenize(stripped(cleaned), s, ids, room),
+            (false, true) => self.pre_tokenize(cleaned.flat_map(char::to_lowercase), s, ids, room),
+            (false, false) => self.pre_tokenize(cleaned, s, ids, room),
+        }
+    }
+
+    /// BertPreTokenizer and WordPiece over normalised chars.
+    fn pre_tokenize(
+        &self,
+        chars: impl Iterator<Item = char>,
+        s: &mut Scratch,
+        ids: &mut Vec<u32>,
+        room: usize,
+    ) -> bool {
         // BertPreTokenizer: split on white space (dropped) and punctuation
         // (kept, one char per word).
         for c in chars {
@@ -510,12 +549,23 @@ mod tests {
     #[test]
     fn refuses_other_configurations() {
         let mut v: serde_json::Value = serde_json::from_slice(&tiny_json()).unwrap();
-        v["normalizer"]["lowercase"] = false.into();
+        v["normalizer"]["handle_chinese_chars"] = false.into();
         let err = TextTokenizer::from_bytes(v.to_string().as_bytes(), 32).unwrap_err();
         assert!(
             err.to_string().contains("unsupported tokenizer.json"),
             "{err}"
         );
         assert!(TextTokenizer::from_bytes(b"{}", 32).is_err());
+        // BPE (RoBERTa) and Unigram (XLM-R) files are named as such.
+        let bpe = r#"{"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,
+            "model":{"type":"BPE","vocab":{"a":0},"merges":[]}}"#;
+        let unigram =
+            r#"{"added_tokens":[],"model":{"type":"Unigram","unk_id":0,"vocab":[["<unk>",0.0]]}}"#;
+        for (json, kind) in [(bpe, "a BPE model"), (unigram, "a Unigram model")] {
+            let err = TextTokenizer::from_bytes(json.as_bytes(), 32)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(kind) && err.contains("WordPiece"), "{err}");
+        }
     }
 }
