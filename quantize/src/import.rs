@@ -569,12 +569,13 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
                 return Err(Failure(
                     2,
                     format!(
-                        "{} label(s): the classify task needs at least 2 (a 1-logit sigmoid head is not supported yet)",
+                        "{} label(s): the classify task needs at least 2; a 1-logit (sigmoid) head takes two, negative first: --labels NEG,POS",
                         labels.len()
                     ),
                 ));
             }
-            if let Some(w) = prepared.width.filter(|w| *w != labels.len()) {
+            let sigmoid = prepared.width == Some(1) && labels.len() == 2;
+            if let Some(w) = prepared.width.filter(|w| *w != labels.len() && !sigmoid) {
                 return Err(bad(format!(
                     "output {} gives {w} logits but {} labels were given",
                     prepared.output,

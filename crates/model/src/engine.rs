@@ -561,6 +561,12 @@ impl Engine {
         let view = outputs[0].try_as_plain_ram().map_err(Error::model)?;
         let values = view.as_slice::<f32>().map_err(Error::model)?;
         match self.output {
+            // A 1-logit (sigmoid) head with two labels: [0, z], whose
+            // softmax is [1 - sigmoid(z), sigmoid(z)].
+            Output::Logits(2) if values.len() == 1 && out.len() == 2 => {
+                out[0] = 0.0;
+                out[1] = values[0];
+            }
             Output::Logits(n) => {
                 if values.len() != n || out.len() != n {
                     return Err(Error::Model(format!(

@@ -485,3 +485,96 @@ fn import_refuses_what_it_cannot_serve() {
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(!out.join("keep").exists());
 }
+
+fn ints(name: &str, v: &[i64]) -> tract_onnx::pb::TensorProto {
+    tract_onnx::pb::TensorProto {
+        name: name.into(),
+        dims: vec![v.len() as i64],
+        data_type: DataType::Int64 as i32,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    NodeProto {
+        name: output.into(),
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+/// A 1-logit (sigmoid) head: the tiny model's two logits turned into one,
+/// z = l1 - l0, whose sigmoid is the tiny model's softmax for label 1. The
+/// imported bundle must give the tiny bundle's probabilities.
+#[test]
+fn a_one_logit_sigmoid_head_gives_two_label_probabilities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = tiny_proto();
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.extend([
+        ints("s0", &[0]),
+        ints("s1", &[1]),
+        ints("s2", &[2]),
+        ints("ax", &[1]),
+    ]);
+    g.node
+        .push(node("Slice", &["logits", "s0", "s1", "ax"], "l0"));
+    g.node
+        .push(node("Slice", &["logits", "s1", "s2", "ax"], "l1"));
+    g.node.push(node("Sub", &["l1", "l0"], "score"));
+    g.output = vec![value("score", DataType::Float, &["batch", "1"])];
+    let onnx = write_model(&tmp.path().join("export"), &m);
+    let out = tmp.path().join("sigmoid");
+    let args = |labels: &'static str| {
+        vec![
+            "--onnx".to_string(),
+            path(&onnx).to_string(),
+            "--tokenizer".into(),
+            tiny_tokenizer(),
+            "--task".into(),
+            "classify".into(),
+            "--max-len".into(),
+            "64".into(),
+            "--labels".into(),
+            labels.into(),
+            "--output".into(),
+            path(&out).to_string(),
+        ]
+    };
+    let one: Vec<String> = args("POS");
+    let o = import(&one.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_fails(&o, 2, "a 1-logit (sigmoid) head takes two, negative first");
+    let two: Vec<String> = args("NEGATIVE,POSITIVE");
+    let o = import(&two.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let mut a = Classifier::from_dir(models("tiny")).unwrap();
+    let mut b = Classifier::from_dir(&out).unwrap();
+    for text in [
+        "a fine film",
+        "dull and long, far too long",
+        "x",
+        "what a waste",
+    ] {
+        let (x, y) = (a.classify(text).unwrap(), b.classify(text).unwrap());
+        assert_eq!(x.label, y.label, "{text}");
+        for ((_, p), (_, q)) in x.scores.iter().zip(&y.scores) {
+            assert!(
+                (p - q).abs() < 1e-5,
+                "{text}: {:?} vs {:?}",
+                x.scores,
+                y.scores
+            );
+        }
+        assert_eq!(y.logits[0], 0.0);
+        let z = x.logits[1] - x.logits[0];
+        assert!(
+            (y.logits[1] - z).abs() < 1e-5,
+            "{text}: {:?} vs {z}",
+            y.logits
+        );
+    }
+}
