@@ -118,6 +118,17 @@ fn embed_matches_onnx_runtime_mean_pooling() {
     assert!(worst >= 0.9999, "worst cosine {worst}");
     assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
 
+    // The export's attention blocks are not in the pattern the fusion
+    // matches: said at info level (-v), with their names.
+    let o = run(&["-v", "embed", "--model", dir, "x"], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 of 3 attention blocks fused")
+            && stderr(&o).contains("layer.2/attention/self/Softmax"),
+        "{}",
+        stderr(&o)
+    );
+
     // Texts as arguments; an empty one is reported and the others answered.
     let o = run(
         &["embed", "--model", dir, "--digits", "3", "good", "", "bad"],

@@ -35,6 +35,12 @@ pub mod qmatmul;
 mod softmax;
 
 use tract_onnx::pb::ModelProto;
+
+/// Whether [`install`] fuses attention blocks on this CPU (see the
+/// `EDGE_BERT_ATTENTION` switch).
+pub fn attention_enabled() -> bool {
+    attention::enabled()
+}
 use tract_onnx::prelude::*;
 
 /// The name of the model input that holds the attention mask (the

@@ -281,11 +281,28 @@ impl Engine {
         if let (Some(file), Some(ranges), Some(graph)) = (file, ranges, proto.graph.as_mut()) {
             word_rows = split_word_table(graph, &ranges, file);
         }
+        let softmaxes = |p: &tract_onnx::pb::ModelProto| -> Vec<String> {
+            p.graph
+                .iter()
+                .flat_map(|g| g.node.iter())
+                .filter(|n| n.op_type == "Softmax")
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        let blocks = softmaxes(&proto).len();
         let (onnx, mut installed) = edge_bert_kernels::install(&mut proto);
         log::debug!(
             "engine: {} attention blocks run by edge-bert's kernel",
             installed.attentions
         );
+        let unfused = softmaxes(&proto);
+        if kernels::attention_enabled() && !unfused.is_empty() {
+            log::info!(
+                "engine: {} of {blocks} attention blocks fused; the others run as tract's generic ops (same answers, slower: their graph pattern is not one the fusion matches): {}",
+                installed.attentions,
+                unfused.join(", ")
+            );
+        }
         let mut model = onnx.model_for_proto_model(&proto).map_err(Error::model)?;
         drop(proto);
 
