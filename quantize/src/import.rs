@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use edge_bert_model::bundle::write::{manifest_for, write_dir};
-use edge_bert_model::manifest::{sha256_hex, Manifest, Task};
+use edge_bert_model::manifest::{sha256_hex, Manifest, Pooling as ManifestPooling, Task};
 use edge_bert_model::tokenize::TextTokenizer;
 use edge_bert_model::Classifier;
 use serde_json::json;
@@ -604,10 +604,15 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
                     ))
                 })?;
             let pooling = match a.pooling {
-                Pooling::Mean => "mean",
-                Pooling::Cls => "cls",
+                Pooling::Mean => ManifestPooling::Mean,
+                Pooling::Cls => ManifestPooling::Cls,
             };
-            ("embed", Vec::new(), Some(dim), Some(pooling.to_string()))
+            (
+                "embed",
+                Vec::new(),
+                Some(dim),
+                Some(pooling.name().to_string()),
+            )
         }
     };
 
@@ -643,6 +648,8 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
     };
     let files: [(&str, &[u8]); 2] = [("model.onnx", &model_bytes), ("tokenizer.json", &tok_bytes)];
     let manifest = manifest_for(&base, &files);
+    // Checked here so that a model the manifest cannot describe (say a
+    // width over MAX_DIM) is exit 3, not write_dir's exit 5.
     manifest
         .task_kind()
         .map_err(|e| bad(format!("cannot describe this model: {e}")))?;
@@ -650,7 +657,7 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
         .map_err(|e| Failure(5, format!("--output {}: {e}", a.output.display())))?;
 
     // Run what was written, as the device will.
-    if let Err(e) = self_test(&a.output, &manifest) {
+    if let Err(e) = self_test(&a.output) {
         let _ = std::fs::remove_dir_all(&a.output);
         return Err(bad(format!(
             "the imported bundle does not run, so it was removed: {e}"
@@ -674,11 +681,11 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
 
 /// Loads the bundle in `dir` as the device does and runs it on sample
 /// texts: finite scores, or unit vectors of the manifest's width.
-pub(crate) fn self_test(dir: &Path, manifest: &Manifest) -> Result<(), String> {
+pub(crate) fn self_test(dir: &Path) -> Result<(), String> {
     // Every length bucket is built, so a length the model cannot take fails here.
     let mut c = Classifier::load_dir(dir, None, false).map_err(|e| e.to_string())?;
     for text in SAMPLES {
-        match manifest.task_kind()? {
+        match c.task() {
             Task::Classify => {
                 let p = c.classify(text).map_err(|e| format!("{text:?}: {e}"))?;
                 if !p.score.is_finite() {

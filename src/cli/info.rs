@@ -148,10 +148,7 @@ impl std::fmt::Display for InfoReport<'_> {
                 f,
                 "output       {} (1 x bucket x {dim}, f32; {} pooling, L2-normalised)",
                 m.output,
-                match pooling {
-                    edge_bert_model::manifest::Pooling::Mean => "mean",
-                    edge_bert_model::manifest::Pooling::Cls => "cls",
-                }
+                pooling.name()
             )?,
             _ => writeln!(f, "output       {} (1 x {}, f32)", m.output, m.labels.len())?,
         }

@@ -35,13 +35,13 @@ pub mod qmatmul;
 mod softmax;
 
 use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
 
 /// Whether [`install`] fuses attention blocks on this CPU (see the
 /// `EDGE_BERT_ATTENTION` switch).
 pub fn attention_enabled() -> bool {
     attention::enabled()
 }
-use tract_onnx::prelude::*;
 
 /// The name of the model input that holds the attention mask (the
 /// quantisers take their range over the real tokens only).

@@ -186,21 +186,13 @@ impl Classifier {
         }
         let tokenizer = TextTokenizer::from_bytes(&bundle.tokenizer_bytes, m.max_seq_len)?;
         let mut decoded = decoded;
-        let outputs: Vec<String> = decoded
-            .output_names()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
         if !decoded.keep_output(&m.output) {
-            return Err(Error::Manifest {
-                path: PathBuf::from(bundle.source.to_string()).join("manifest.json"),
-                reason: format!(
-                    "output {:?} is not an output of {} (it has: {})",
-                    m.output,
-                    m.model,
-                    outputs.join(", ")
-                ),
-            });
+            return Err(bad_manifest(format!(
+                "output {:?} is not an output of {} (it has: {})",
+                m.output,
+                m.model,
+                decoded.output_names().join(", ")
+            )));
         }
         let output = match task {
             Task::Classify => Output::Logits(m.labels.len()),

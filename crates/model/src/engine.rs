@@ -281,11 +281,14 @@ impl Engine {
         if let (Some(file), Some(ranges), Some(graph)) = (file, ranges, proto.graph.as_mut()) {
             word_rows = split_word_table(graph, &ranges, file);
         }
+        // Which attention blocks the fusion leaves alone: looked for only
+        // when that can be said (info level, fusion on).
+        let report_unfused = kernels::attention_enabled() && log::log_enabled!(log::Level::Info);
         let softmaxes = |p: &tract_onnx::pb::ModelProto| -> Vec<String> {
             p.graph
                 .iter()
                 .flat_map(|g| g.node.iter())
-                .filter(|n| n.op_type == "Softmax")
+                .filter(|n| report_unfused && n.op_type == "Softmax")
                 .map(|n| n.name.clone())
                 .collect()
         };
@@ -296,7 +299,7 @@ impl Engine {
             installed.attentions
         );
         let unfused = softmaxes(&proto);
-        if kernels::attention_enabled() && !unfused.is_empty() {
+        if !unfused.is_empty() {
             log::info!(
                 "engine: {} of {blocks} attention blocks fused; the others run as tract's generic ops (same answers, slower: their graph pattern is not one the fusion matches): {}",
                 installed.attentions,

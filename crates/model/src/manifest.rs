@@ -82,6 +82,16 @@ pub enum Pooling {
     Cls,
 }
 
+impl Pooling {
+    /// The name written in manifests (`pooling`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
+}
+
 /// What a bundle's model does, from the manifest's `task`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
