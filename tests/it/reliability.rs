@@ -4,7 +4,7 @@
 //! shutdown under load, start-up limits, hostile bundle files, echoed ids,
 //! trailing `\r`, connection failures and a serial line full of noise.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -650,7 +650,7 @@ fn restart_loop_20_times_under_4_pipelined_clients() {
             .arg(&path)
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stderr(std::process::Stdio::piped());
         cmd.spawn().unwrap()
     };
     let ready = |child: &mut std::process::Child| {
@@ -665,7 +665,11 @@ fn restart_loop_20_times_under_4_pipelined_clients() {
                     return;
                 }
             }
-            assert!(child.try_wait().unwrap().is_none(), "the server exited");
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut log = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut log);
+                panic!("the server exited ({status}): {log}");
+            }
             assert!(Instant::now() < deadline, "the server never came up");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -692,6 +696,14 @@ fn restart_loop_20_times_under_4_pipelined_clients() {
             .collect();
         std::thread::sleep(Duration::from_millis(100));
         send_signal(current.id(), 15);
+        // The old server removes its socket as soon as it sees the signal
+        // (it then drains): until then a new one is rightly refused as
+        // "already listening", which a loaded machine made visible (a 100
+        // ms poll against the new process's start-up).
+        let gone = Instant::now() + Duration::from_secs(10);
+        while path.exists() && Instant::now() < gone {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let mut next = start();
         for h in clients {
             let (tag, written, replies) = h.join().unwrap();
