@@ -39,6 +39,19 @@ pub fn l2_normalize(v: &mut [f32]) {
     }
 }
 
+/// The cosine of two vectors of the same length, in f64 (NaN when either
+/// is all zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64, y as f64);
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    (dot / (na.sqrt() * nb.sqrt())) as f32
+}
+
 /// Numerically stable softmax of `logits` into `out` (same length).
 pub fn softmax_into(logits: &[f32], out: &mut [f32]) {
     assert_eq!(logits.len(), out.len(), "softmax: length mismatch");
@@ -72,6 +85,14 @@ pub fn argmax(values: &[f32]) -> Option<usize> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn cosines() {
+        assert!((cosine(&[1.0, 0.0], &[2.0, 0.0]) - 1.0).abs() < 1e-7);
+        assert!(cosine(&[1.0, 0.0], &[0.0, 3.0]).abs() < 1e-7);
+        assert!((cosine(&[1.0, 1.0], &[-1.0, -1.0]) + 1.0).abs() < 1e-7);
+        assert!(cosine(&[0.0, 0.0], &[1.0, 0.0]).is_nan());
+    }
 
     #[test]
     fn known_values() {

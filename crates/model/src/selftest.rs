@@ -1,6 +1,7 @@
 //! A bundle's self-test: golden texts and the probabilities the bundle
 //! must give for them, in `selftest.jsonl` (one `{"text", "probs"}` object
-//! per line). The file is listed in the manifest like any other, so a
+//! per line; for an `embed` bundle `{"text", "vector"}`, the vector it must
+//! give within a cosine of [`MIN_COSINE`]). The file is listed in the manifest like any other, so a
 //! signed bundle's self-test is signed too. A server runs it before it
 //! swaps a new model in: a bundle that does not answer as it did when it
 //! was made is not served.
@@ -16,6 +17,9 @@ pub const FILE: &str = "selftest.jsonl";
 /// How far each probability may be from the golden one.
 pub const TOLERANCE: f32 = 0.02;
 
+/// How close (cosine) an embedding must be to the golden vector.
+pub const MIN_COSINE: f32 = 0.999;
+
 /// Texts [`make`] uses: short and long, plain and odd.
 pub const SAMPLE_TEXTS: [&str; 6] = [
     "a gorgeous, moving and beautifully acted film",
@@ -30,8 +34,12 @@ pub const SAMPLE_TEXTS: [&str; 6] = [
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Case {
     pub text: String,
-    /// The probability of every label, in manifest order.
+    /// The probability of every label, in manifest order (a classifier's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probs: Vec<f32>,
+    /// The vector (an embedding model's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
 }
 
 /// Parses a `selftest.jsonl`.
@@ -52,11 +60,39 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// Runs every case; `Ok` is the largest difference seen, `Err` names the
-/// first text whose answer is off by more than [`TOLERANCE`].
+/// Runs every case; `Ok` is the largest difference seen (for an embedding
+/// model, 1 − the lowest cosine), `Err` names the first text whose answer
+/// is off by more than [`TOLERANCE`] (a cosine under [`MIN_COSINE`]).
 pub fn run(clf: &mut Classifier, cases: &[Case]) -> Result<f32> {
     let mut worst = 0.0f32;
     for (i, case) in cases.iter().enumerate() {
+        if clf.task().dim() > 0 {
+            let Some(want) = &case.vector else {
+                return Err(Error::Model(format!(
+                    "self-test case {}: no vector for an embedding model",
+                    i + 1
+                )));
+            };
+            let got = clf.embed(&case.text)?.vector;
+            if got.len() != want.len() {
+                return Err(Error::Model(format!(
+                    "self-test case {}: the model gives {} values, the self-test {}",
+                    i + 1,
+                    got.len(),
+                    want.len()
+                )));
+            }
+            let cosine = crate::postprocess::cosine(&got, want);
+            if cosine.is_nan() || cosine < MIN_COSINE {
+                return Err(Error::Model(format!(
+                    "self-test case {} ({:?}) failed: cosine {cosine:.5} to the golden vector (at least {MIN_COSINE})",
+                    i + 1,
+                    case.text
+                )));
+            }
+            worst = worst.max(1.0 - cosine);
+            continue;
+        }
         let c = clf.classify(&case.text)?;
         if c.scores.len() != case.probs.len() {
             return Err(Error::Model(format!(
@@ -85,10 +121,19 @@ pub fn run(clf: &mut Classifier, cases: &[Case]) -> Result<f32> {
 pub fn make(clf: &mut Classifier, texts: &[&str]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for text in texts {
-        let c = clf.classify(text)?;
-        let case = Case {
-            text: text.to_string(),
-            probs: c.scores.iter().map(|(_, p)| *p).collect(),
+        let case = if clf.task().dim() > 0 {
+            Case {
+                text: text.to_string(),
+                probs: Vec::new(),
+                vector: Some(clf.embed(text)?.vector),
+            }
+        } else {
+            let c = clf.classify(text)?;
+            Case {
+                text: text.to_string(),
+                probs: c.scores.iter().map(|(_, p)| *p).collect(),
+                vector: None,
+            }
         };
         out.extend_from_slice(
             serde_json::to_string(&case)
@@ -108,6 +153,9 @@ mod tests {
     fn parses_and_refuses() {
         let ok = b"{\"text\":\"a\",\"probs\":[0.25,0.75]}\n\n{\"text\":\"b\",\"probs\":[1,0]}\n";
         assert_eq!(parse(ok).unwrap().len(), 2);
+        let v = parse(b"{\"text\":\"a\",\"vector\":[0.6,0.8]}").unwrap();
+        assert_eq!(v[0].vector, Some(vec![0.6, 0.8]));
+        assert!(v[0].probs.is_empty());
         assert!(parse(b"").is_err());
         assert!(parse(b"{\"text\":1}")
             .unwrap_err()

@@ -157,6 +157,22 @@ fn paraphrase_minilm_imports_in_one_command_and_matches_onnx_runtime() {
     eprintln!("int8: worst cosine {int8:.5} against ONNX Runtime's fp32, {reported:.5} against edge-bert's fp32");
     assert!(int8 >= 0.99, "int8 worst cosine {int8}");
     assert!(int8 < fp32, "int8 is not expected to beat fp32");
+
+    // An embedding bundle signs: its self-test holds vectors, and `sign`
+    // loads the signed bundle (signature, sums, self-test) before exit 0.
+    let keys = tmp.path().join("keys");
+    let o = quantize(&["keygen", "--output", path(&keys.join("release"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key = keys.join("release.key");
+    let o = quantize(&["sign", "--key", path(&key), "--version", "3", path(&q)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cases = std::fs::read_to_string(q.join("selftest.jsonl")).unwrap();
+    assert_eq!(cases.lines().count(), 6, "{cases}");
+    for l in cases.lines() {
+        let c: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(c["vector"].as_array().map(Vec::len), Some(384), "{l}");
+        assert!(c.get("probs").is_none(), "{l}");
+    }
 }
 
 fn tiny_proto() -> ModelProto {
