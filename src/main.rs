@@ -61,7 +61,9 @@ enum Command {
         after_help = "Examples:\n  edge-bert serve --socket /tmp/edge-bert.sock\n  \
         edge-bert serve --tcp 127.0.0.1:7878 --max-clients 16\n  \
         edge-bert serve --serial /dev/ttyGS0 --baud 115200\n  \
-        echo '{\"id\":1,\"text\":\"great film\"}' | socat - UNIX-CONNECT:/tmp/edge-bert.sock\n\n\
+        echo '{\"id\":1,\"text\":\"great film\"}' | socat - UNIX-CONNECT:/tmp/edge-bert.sock\n  \
+        edge-bert serve --model models/paraphrase --socket /tmp/eb.sock   # an embed bundle:\n  \
+        echo '{\"id\":2,\"op\":\"embed\",\"text\":\"great film\"}' | socat - UNIX-CONNECT:/tmp/eb.sock\n\n\
         With --serial and neither --socket nor --tcp, only the serial port is served.\n\
         SIGTERM or SIGINT: stop accepting, answer every line that arrived (run for 5 s, then\n\
         shutting_down), remove the socket this server made, exit 0. SIGHUP: reload the model\n\

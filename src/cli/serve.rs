@@ -155,10 +155,6 @@ fn serve(
         }
         _ => {
             let mut clf = load(source.as_ref().map(|s| s.dir.as_path()), None)?;
-            if let Some(s) = &source {
-                server::reload::servable(&clf, &s.dir)
-                    .map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
-            }
             server::warm_up(&mut clf).map_err(|e| Failure::new(EXIT_MODEL, e.to_string()))?;
             if source.is_some() {
                 log::warn!("serving an unsigned bundle (no --trusted-keys)");
@@ -170,7 +166,8 @@ fn serve(
     let peak = server::peak_rss_kib();
     let sessions = cfg.max_sessions();
     if let (Some(budget), Some(peak)) = (memory_budget, peak) {
-        let (peak_mib, buffers_mib) = cfg.memory_need_mib(peak, &clf.manifest().labels);
+        let (peak_mib, buffers_mib) =
+            cfg.memory_need_mib(peak, &clf.manifest().labels, clf.task().dim());
         let total = peak_mib + buffers_mib;
         if total > budget {
             return Err(Failure::new(
@@ -194,7 +191,7 @@ fn serve(
     );
     log::info!(
         "{sessions} sessions' buffers take up to {} KiB when all are open",
-        sessions * cfg.session_bytes(&clf.manifest().labels) / 1024
+        sessions * cfg.session_bytes(&clf.manifest().labels, clf.task().dim()) / 1024
     );
     server::serve(clf, cfg, signals).map_err(|e| {
         let code = match e {

@@ -93,28 +93,37 @@ impl Config {
     }
 
     /// The bytes one session allocates when it opens (line reader, texts,
-    /// the worker slot's text and the response buffer), for a model with
-    /// these labels; [`Config::max_sessions`] of them may be open.
-    pub fn session_bytes(&self, labels: &[String]) -> usize {
+    /// the worker slot's text and vector, and the response buffer), for a
+    /// model with these labels and vectors of `dim` values (0 for a
+    /// classifier); [`Config::max_sessions`] of them may be open.
+    pub fn session_bytes(&self, labels: &[String], dim: usize) -> usize {
         let line = self.max_text_bytes + frame::SUFFIX_LEN + 2;
         let texts = 2 * (self.max_text_bytes + 8);
-        line + texts + out_capacity(self.max_text_bytes, &label_tokens(labels))
+        let vector = dim * std::mem::size_of::<f32>();
+        line + texts + vector + out_capacity(self.max_text_bytes, &label_tokens(labels), dim)
     }
 
     /// What `--memory-budget` is held to, in MiB: a resident peak (KiB)
     /// and the buffers of [`Config::max_sessions`] sessions for a model
-    /// with these labels (allocated as clients connect, so counted now).
-    pub fn memory_need_mib(&self, peak_kib: u64, labels: &[String]) -> (u64, u64) {
-        let buffers = (self.max_sessions() * self.session_bytes(labels)) as u64;
+    /// with these labels and vector size (allocated as clients connect, so
+    /// counted now).
+    pub fn memory_need_mib(&self, peak_kib: u64, labels: &[String], dim: usize) -> (u64, u64) {
+        let buffers = (self.max_sessions() * self.session_bytes(labels, dim)) as u64;
         (peak_kib.div_ceil(1024), buffers.div_ceil(1 << 20))
     }
 }
 
-/// Response buffer capacity that no classification response exceeds
-/// (unless its id is longer than the line limit allows).
-fn out_capacity(max_text_bytes: usize, labels: &[String]) -> usize {
-    let per_result = 96 + labels.iter().map(|l| l.len() + 24).sum::<usize>();
-    max_text_bytes + 64 + MAX_TEXTS * per_result
+/// The most bytes one value of a vector takes in an answer: an f32 in
+/// its shortest form (`-1.2345678e-12`) and a comma.
+const VALUE_BYTES: usize = 16;
+
+/// Response buffer capacity that no answer exceeds (unless its id is
+/// longer than the line limit allows): [`MAX_TEXTS`] classifications over
+/// `labels`, or as many vectors of `dim` values.
+fn out_capacity(max_text_bytes: usize, labels: &[String], dim: usize) -> usize {
+    let classified = 96 + labels.iter().map(|l| l.len() + 24).sum::<usize>();
+    let embedded = 128 + dim * VALUE_BYTES;
+    max_text_bytes + 64 + MAX_TEXTS * classified.max(embedded)
 }
 
 /// The default Unix socket: `$XDG_RUNTIME_DIR/edge-bert.sock`, else
@@ -204,9 +213,12 @@ pub(crate) struct Shared {
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) clients: AtomicUsize,
     pub(crate) cfg: Config,
-    /// Response buffer capacity that no classification response exceeds
-    /// (unless its id is longer than the line limit allows).
+    /// Response buffer capacity that no answer exceeds (unless its id is
+    /// longer than the line limit allows), for the model served at start.
     pub(crate) out_capacity: usize,
+    /// Values in a vector of the model served at start (0: a classifier):
+    /// each session's vector buffer is made this big.
+    pub(crate) dim: usize,
     /// Set when the inference worker failed (it panicked): `health` says
     /// so, and the server stops and exits non-zero.
     pub(crate) failure: Mutex<Option<String>>,
@@ -479,7 +491,8 @@ pub fn serve(clf: Classifier, cfg: Config, signals: Signals) -> Result<()> {
     let shared = Arc::new(Shared {
         jobs: Mutex::new(Some(tx)),
         metrics: Metrics::new(),
-        out_capacity: out_capacity(cfg.max_text_bytes, &served.labels),
+        out_capacity: out_capacity(cfg.max_text_bytes, &served.labels, clf.task().dim()),
+        dim: clf.task().dim(),
         served: Mutex::new(served.clone()),
         source: cfg.source.clone(),
         reloading: AtomicBool::new(false),

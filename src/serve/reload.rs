@@ -86,8 +86,9 @@ pub(crate) struct Served {
 impl Served {
     pub(crate) fn new(clf: &Classifier, id: ModelId) -> Served {
         let m = clf.manifest();
-        let info = json!({
+        let mut info = json!({
             "model": m.name,
+            "task": clf.task().name(),
             "model_version": id.version,
             "sha256": id.sha256,
             "key_id": id.key_id,
@@ -97,6 +98,10 @@ impl Served {
             "buckets": clf.engine().buckets(),
             "version": env!("CARGO_PKG_VERSION"),
         });
+        if let edge_bert_model::manifest::Task::Embed { dim, pooling } = clf.task() {
+            info["dim"] = dim.into();
+            info["pooling"] = pooling.name().into();
+        }
         Served {
             labels: label_tokens(&m.labels),
             token: Value::from(id.tag()).to_string(),
@@ -191,27 +196,12 @@ pub fn load(source: &ModelSource) -> Result<(Classifier, Option<Signed>, Option<
         None => None,
     };
     let mut clf = Classifier::from_bundle(bundle, None, false)?;
-    servable(&clf, &source.dir)?;
     warm_up(&mut clf)?;
     let worst = match cases {
         Some(cases) => Some(selftest::run(&mut clf, &cases)?),
         None => None,
     };
     Ok((clf, signed, worst))
-}
-
-/// Refuses a bundle whose task the server does not answer (it answers
-/// classify requests only).
-pub fn servable(clf: &Classifier, dir: &Path) -> Result<()> {
-    if clf.task() == edge_bert_model::manifest::Task::Classify {
-        return Ok(());
-    }
-    Err(Error::InvalidArgument(format!(
-        "{}: an {} bundle; the server answers classify requests only (use `edge-bert {}` in-process)",
-        dir.display(),
-        clf.task().name(),
-        clf.task().name()
-    )))
 }
 
 /// Clears the reloading flag when dropped.
@@ -264,7 +254,10 @@ fn attempt(shared: &Shared) -> std::result::Result<Value, String> {
     let peak = peak_rss_kib().unwrap_or(0);
     let id = ModelId::of(&clf, signed.as_ref());
     if let Some(budget) = source.memory_budget_mib {
-        let (peak_mib, buffers_mib) = shared.cfg.memory_need_mib(peak, &clf.manifest().labels);
+        let (peak_mib, buffers_mib) =
+            shared
+                .cfg
+                .memory_need_mib(peak, &clf.manifest().labels, clf.task().dim());
         if peak_mib + buffers_mib > budget {
             return Err(format!(
                 "{}: peak memory during the reload was {peak_mib} MiB (old and new model) plus {buffers_mib} MiB of session buffers, over --memory-budget {budget}",

@@ -9,15 +9,17 @@ use std::time::Instant;
 
 use edge_bert_model::Outcome;
 use edge_bert_wire::frame::{self, Frame};
-use edge_bert_wire::response::{write_classification, write_outcome, write_results_start};
+use edge_bert_wire::response::{
+    write_answer_start, write_embedding_fields, write_outcome, write_results_start,
+};
 use edge_bert_wire::{
-    decode, encode_error, write_with_id, ErrorCode, Line, LineReader, Op, RawValue, Req, Scored,
-    Texts,
+    decode, encode_error, write_with_id, Embedded, ErrorCode, Line, LineReader, Op, RawValue, Req,
+    Scored, Texts, VectorFormat,
 };
 use serde_json::json;
 
 use super::reload::{self, Served};
-use super::worker::Slot;
+use super::worker::{Done, Slot, Want};
 use super::{peak_rss_kib, Fault, Shared, SHUTDOWN_GRACE};
 
 /// How a transport frames its lines.
@@ -120,7 +122,7 @@ pub(super) fn run(
     let mut session = Session {
         texts: Texts::with_capacity(max + 8),
         out: Vec::with_capacity(shared.out_capacity),
-        slot: Slot::new(max + 8),
+        slot: Slot::new(max + 8, shared.dim),
     };
     let mut idle_since = Instant::now();
     let mut stop_by: Option<Instant> = None;
@@ -254,45 +256,54 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool,
     };
     let Session { texts, out, slot } = session;
     if stopping && !matches!(req, Req::Op { .. }) {
-        let (Req::Classify { id } | Req::ClassifyMany { id } | Req::Op { id, .. }) = req;
         shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
         let msg = "the server is stopping; this line was not run";
-        return failed(out, id, ErrorCode::ShuttingDown, msg);
+        return failed(out, req.id(), ErrorCode::ShuttingDown, msg);
     }
-    match req {
-        Req::Op { id, op } => respond_op(shared, id, op, out, control),
-        Req::Classify { id } => {
-            shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
-            if let Some(Fault::SessionPanic(t)) = &shared.fault {
-                if t == texts.get(0) {
-                    panic!("EDGE_BERT_FAULT: injected session panic");
-                }
+    let (id, many, want, int8) = match req {
+        Req::Op { id, op } => return respond_op(shared, id, op, out, control),
+        Req::Classify { id } => (id, false, Want::Classify, false),
+        Req::ClassifyMany { id } => (id, true, Want::Classify, false),
+        Req::Embed { id, many, format } => (id, many, Want::Embed, format == VectorFormat::Int8),
+    };
+    shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(Fault::SessionPanic(t)) = &shared.fault {
+        if !many && t == texts.get(0) {
+            panic!("EDGE_BERT_FAULT: injected session panic");
+        }
+    }
+    if many {
+        write_results_start(out, id);
+    } else {
+        write_answer_start(out, id);
+    }
+    for (i, text) in texts.iter().enumerate() {
+        let (done, served) = match slot.run(shared, text, want) {
+            Ok(answer) => answer,
+            Err((code, msg)) => return failed(out, id, code, &msg),
+        };
+        if many {
+            if i > 0 {
+                out.push(b',');
             }
-            match slot.classify(shared, texts.get(0)) {
-                Ok((o, served)) => {
-                    write_classification(out, id, &scored(&o, &served), &served.labels)
-                }
-                Err((code, msg)) => failed(out, id, code, &msg),
+            out.push(b'{');
+        }
+        match done {
+            Done::Classified(o) => write_outcome(out, &scored(&o, &served), &served.labels),
+            Done::Embedded { tokens, truncated } => {
+                let e = Embedded {
+                    vector: slot.vector(),
+                    tokens,
+                    truncated,
+                    model: Some(&served.token),
+                };
+                write_embedding_fields(out, &e, int8);
             }
         }
-        Req::ClassifyMany { id } => {
-            shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
-            write_results_start(out, id);
-            for (i, text) in texts.iter().enumerate() {
-                match slot.classify(shared, text) {
-                    Ok((o, served)) => {
-                        if i > 0 {
-                            out.push(b',');
-                        }
-                        out.push(b'{');
-                        write_outcome(out, &scored(&o, &served), &served.labels);
-                        out.push(b'}');
-                    }
-                    Err((code, msg)) => return failed(out, id, code, &msg),
-                }
-            }
-            out.extend_from_slice(b"]}");
-        }
+        out.push(b'}');
+    }
+    if many {
+        out.extend_from_slice(b"]}");
     }
 }
 

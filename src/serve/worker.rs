@@ -9,6 +9,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::Arc;
 use std::time::Instant;
 
+use edge_bert_model::manifest::Task;
 use edge_bert_model::{alloc_probe, Classifier, Error, Outcome, Result};
 use edge_bert_wire::ErrorCode;
 
@@ -17,10 +18,13 @@ use super::{Fault, Shared, TICK};
 
 /// Work for the worker, in queue order.
 pub(crate) enum Job {
-    /// A text. The text buffer belongs to the session: it travels to the
-    /// worker and comes back with the reply, so no request allocates one.
+    /// A text to classify or embed. The text and vector buffers belong to
+    /// the session: they travel to the worker and come back with the
+    /// reply, so no request allocates one.
     Text {
         text: String,
+        vector: Vec<f32>,
+        want: Want,
         reply: SyncSender<Reply>,
     },
     /// A verified, warmed-up model to serve from the next text on; `done`
@@ -32,11 +36,59 @@ pub(crate) enum Job {
     },
 }
 
-/// The text buffer, handed back, and the outcome with the model that gave it.
-type Reply = (String, Answer);
+/// What a request wants of a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    Classify,
+    Embed,
+}
 
-/// An outcome and the model that gave it, or the error to answer.
-pub(super) type Answer = std::result::Result<(Outcome, Arc<Served>), (ErrorCode, String)>;
+/// What the worker made of a text. Passed by value (boxing the outcome
+/// would allocate on every request).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Done {
+    Classified(Outcome),
+    /// The vector is in the slot's vector buffer.
+    Embedded {
+        tokens: usize,
+        truncated: bool,
+    },
+}
+
+/// The text and vector buffers, handed back, and the answer.
+type Reply = (String, Vec<f32>, Answer);
+
+/// What the worker made of a text and the model that did it, or the
+/// error to answer.
+pub(super) type Answer = std::result::Result<(Done, Arc<Served>), (ErrorCode, String)>;
+
+/// Why `clf` cannot do what `want` asks (`wrong_task`), if it cannot.
+fn wrong_task(clf: &Classifier, want: Want) -> Option<String> {
+    let name = &clf.manifest().name;
+    match (clf.task(), want) {
+        (Task::Classify, Want::Classify) | (Task::Embed { .. }, Want::Embed) => None,
+        (Task::Classify, Want::Embed) => Some(format!(
+            "the served model ({name}) is a classifier: send {{\"text\": ...}} without \"op\""
+        )),
+        (Task::Embed { .. }, Want::Classify) => Some(format!(
+            "the served model ({name}) is an embedding model: send {{\"op\": \"embed\", \"text\": ...}}"
+        )),
+    }
+}
+
+/// Runs one text through `clf`; an embedding goes into `vector` (resized
+/// to the model's dimension, which allocates only past its capacity).
+fn run(clf: &mut Classifier, text: &str, vector: &mut Vec<f32>, want: Want) -> Result<Done> {
+    match want {
+        Want::Classify => clf.classify_outcome(text).map(Done::Classified),
+        Want::Embed => {
+            vector.resize(clf.task().dim(), 0.0);
+            let (tokens, truncated) = clf.embed_into(text, vector)?;
+            Ok(Done::Embedded { tokens, truncated })
+        }
+    }
+}
 
 /// Starts the worker. It ends when every sender of `jobs` is gone: after
 /// shutdown, once the queue is drained.
@@ -59,7 +111,12 @@ pub(super) fn spawn(
             let mut failed = false;
             while let Ok(job) = jobs.recv() {
                 let job = match job {
-                    Job::Text { text, reply } => (text, reply),
+                    Job::Text {
+                        text,
+                        vector,
+                        want,
+                        reply,
+                    } => (text, vector, want, reply),
                     Job::Swap {
                         clf: new,
                         served: new_served,
@@ -76,10 +133,14 @@ pub(super) fn spawn(
                     }
                 };
                 shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
-                let (text, reply) = job;
+                let (text, mut vector, want, reply) = job;
                 if failed {
                     let why = "the inference worker failed; the server is restarting".into();
-                    let _ = reply.send((text, Err((ErrorCode::Internal, why))));
+                    let _ = reply.send((text, vector, Err((ErrorCode::Internal, why))));
+                    continue;
+                }
+                if let Some(why) = wrong_task(&clf, want) {
+                    let _ = reply.send((text, vector, Err((ErrorCode::WrongTask, why))));
                     continue;
                 }
                 let started = Instant::now();
@@ -89,7 +150,7 @@ pub(super) fn spawn(
                             panic!("EDGE_BERT_FAULT: injected worker panic");
                         }
                     }
-                    clf.classify_outcome(&text)
+                    run(&mut clf, &text, &mut vector, want)
                 }));
                 shared.metrics.record(started.elapsed());
                 let r = match run {
@@ -107,7 +168,7 @@ pub(super) fn spawn(
                         ))
                     }
                 };
-                let _ = reply.send((text, r));
+                let _ = reply.send((text, vector, r));
             }
         })
         .map_err(|e| Error::io("inference thread", e))
@@ -150,28 +211,38 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// A session's line to the worker: its text buffer and reply channel,
-/// allocated when the session opens.
+/// A session's line to the worker: its text and vector buffers and reply
+/// channel, allocated when the session opens.
 pub(super) struct Slot {
     /// The text buffer (away at the worker while a text is in flight).
     text: Option<String>,
+    /// The vector buffer (away with the text): an embedding's values.
+    vector: Option<Vec<f32>>,
     reply_tx: SyncSender<Reply>,
     reply_rx: Receiver<Reply>,
 }
 
 impl Slot {
-    pub(super) fn new(text_bytes: usize) -> Slot {
+    /// A slot for texts of up to `text_bytes` and vectors of `dim` values.
+    pub(super) fn new(text_bytes: usize, dim: usize) -> Slot {
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         Slot {
             text: Some(String::with_capacity(text_bytes)),
+            vector: Some(Vec::with_capacity(dim)),
             reply_tx,
             reply_rx,
         }
     }
 
+    /// The last embedding's values (empty before the first).
+    pub(super) fn vector(&self) -> &[f32] {
+        self.vector.as_deref().unwrap_or(&[])
+    }
+
     /// Runs one text (already unescaped) through the worker; `Err` is the
-    /// error code and message to answer with.
-    pub(super) fn classify(&mut self, shared: &Shared, text: &str) -> Answer {
+    /// error code and message to answer with. An embedding's values are
+    /// then in [`Slot::vector`].
+    pub(super) fn run(&mut self, shared: &Shared, text: &str, want: Want) -> Answer {
         let sender = shared
             .jobs
             .lock()
@@ -189,12 +260,15 @@ impl Slot {
         shared.metrics.queued.fetch_add(1, Ordering::Relaxed);
         let job = Job::Text {
             text: buf,
+            vector: self.vector.take().unwrap_or_default(),
+            want,
             reply: self.reply_tx.clone(),
         };
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = sender.try_send(job)
         {
-            if let Job::Text { text, .. } = job {
+            if let Job::Text { text, vector, .. } = job {
                 self.text = Some(text);
+                self.vector = Some(vector);
             }
             shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
             shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -205,8 +279,9 @@ impl Slot {
         }
         loop {
             match self.reply_rx.recv_timeout(TICK) {
-                Ok((buf, result)) => {
+                Ok((buf, vector, result)) => {
                     self.text = Some(buf);
+                    self.vector = Some(vector);
                     return result.inspect_err(|_| {
                         shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
                     });

@@ -86,14 +86,14 @@ fn snapshot() -> (u64, u64, u64, u64) {
     )
 }
 
-#[test]
-fn serving_loop_allocates_nothing_per_request() {
-    let bundle = edge_bert_model::embedded::bundle()
-        .expect("embedded model")
-        .unwrap();
-    let labels = bundle.manifest.labels.clone();
-    let mut clf = Classifier::new(&bundle, None).unwrap();
-    server::warm_up(&mut clf).unwrap();
+/// The counters are process-wide: one counted test at a time.
+static SERVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serves `clf` on a real Unix socket in this process, sends `lines` one
+/// at a time (each answer must contain `expect`), and returns the loop's
+/// and tract's allocations (count, bytes) over all but the first `warm`.
+fn count_serving(clf: Classifier, lines: &[Vec<u8>], warm: usize, expect: &str) -> [u64; 4] {
+    let _one = SERVING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("alloc.sock");
     let cfg = server::Config {
@@ -119,36 +119,16 @@ fn serving_loop_allocates_nothing_per_request() {
             Err(e) => panic!("server did not come up: {e}"),
         }
     };
-
-    // Requests of mixed lengths from the test split, some with escapes and
-    // some with several texts, serialised before counting starts.
-    let data = std::fs::read_to_string(crate::util::fp32_dir().join("test.tsv")).unwrap();
-    let texts: Vec<&str> = data
-        .lines()
-        .filter_map(|l| l.split_once('\t').map(|(_, t)| t))
-        .collect();
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    for (i, t) in texts.iter().enumerate().take(700) {
-        let req = match i % 10 {
-            0 => serde_json::json!({"id": i, "texts": [t, "café \"ok\" 🎬", t]}),
-            1 => serde_json::json!({"id": {"n": i, "tag": "x"}, "text": format!("{t}\n\t\u{e9}")}),
-            2 if i % 30 == 2 => serde_json::json!({"id": i, "text": t.repeat(8)}),
-            _ => serde_json::json!({"id": i, "text": t}),
-        };
-        let mut line = serde_json::to_vec(&req).unwrap();
-        line.push(b'\n');
-        lines.push(line);
-    }
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
-    let mut line = String::with_capacity(1 << 16);
+    let mut line = String::with_capacity(1 << 20);
     let mut ask = |req: &[u8]| {
         writer.write_all(req).unwrap();
         line.clear();
         reader.read_line(&mut line).unwrap();
-        assert!(line.contains("\"label\""), "{line}");
+        assert!(line.contains(expect), "{line}");
     };
-    let (warm, measured) = lines.split_at(100);
+    let (warm, measured) = lines.split_at(warm);
     for req in warm {
         ask(req);
     }
@@ -164,14 +144,20 @@ fn serving_loop_allocates_nothing_per_request() {
     TRACE.store(false, Ordering::SeqCst);
     shutdown.store(true, Ordering::SeqCst);
     server.join().unwrap().unwrap();
+    [
+        after.0 - before.0,
+        after.1 - before.1,
+        after.2 - before.2,
+        after.3 - before.3,
+    ]
+}
 
-    let n = measured.len() as u64;
-    let (loop_allocs, loop_bytes) = (after.0 - before.0, after.1 - before.1);
-    let (tract_allocs, tract_bytes) = (after.2 - before.2, after.3 - before.3);
+/// Prints the counts and asserts the loop's are zero.
+fn report(what: &str, n: usize, [loop_allocs, loop_bytes, tract_allocs, tract_bytes]: [u64; 4]) {
+    let n = n as u64;
     eprintln!(
-        "alloc: {n} requests ({} labels): loop path {loop_allocs} allocations ({loop_bytes} B); \
+        "alloc: {n} {what}: loop path {loop_allocs} allocations ({loop_bytes} B); \
          tract's plan run {tract_allocs} allocations ({:.1} per request, {:.1} KiB per request)",
-        labels.len(),
         tract_allocs as f64 / n as f64,
         tract_bytes as f64 / n as f64 / 1024.0,
     );
@@ -183,23 +169,86 @@ fn serving_loop_allocates_nothing_per_request() {
     assert!(tract_allocs > 0, "the probe saw no tract run at all");
 }
 
+fn to_line(req: serde_json::Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&req).unwrap();
+    line.push(b'\n');
+    line
+}
+
+#[test]
+fn serving_loop_allocates_nothing_per_request() {
+    let bundle = edge_bert_model::embedded::bundle()
+        .expect("embedded model")
+        .unwrap();
+    let labels = bundle.manifest.labels.len();
+    let mut clf = Classifier::new(&bundle, None).unwrap();
+    server::warm_up(&mut clf).unwrap();
+
+    // Requests of mixed lengths from the test split, some with escapes and
+    // some with several texts, serialised before counting starts.
+    let data = std::fs::read_to_string(crate::util::fp32_dir().join("test.tsv")).unwrap();
+    let texts: Vec<&str> = data
+        .lines()
+        .filter_map(|l| l.split_once('\t').map(|(_, t)| t))
+        .collect();
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for (i, t) in texts.iter().enumerate().take(700) {
+        lines.push(to_line(match i % 10 {
+            0 => serde_json::json!({"id": i, "texts": [t, "café \"ok\" 🎬", t]}),
+            1 => serde_json::json!({"id": {"n": i, "tag": "x"}, "text": format!("{t}\n\t\u{e9}")}),
+            2 if i % 30 == 2 => serde_json::json!({"id": i, "text": t.repeat(8)}),
+            _ => serde_json::json!({"id": i, "text": t}),
+        }));
+    }
+    let counts = count_serving(clf, &lines, 100, "\"label\"");
+    report(
+        &format!("requests ({labels} labels)"),
+        lines.len() - 100,
+        counts,
+    );
+}
+
+/// The `embed` op served from a real embedding model
+/// (paraphrase-MiniLM-L3-v2, see `embed.rs`): one text, several, and the
+/// int8 format, none of which allocates on the serving loop.
+#[test]
+fn serving_embed_requests_allocates_nothing() {
+    let mut clf = Classifier::from_dir(crate::embed::bundle()).unwrap();
+    server::warm_up(&mut clf).unwrap();
+    let texts: Vec<String> = crate::embed::references()
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
+    let mut lines = Vec::new();
+    for round in 0..3 {
+        for (i, t) in texts.iter().enumerate() {
+            let id = round * 1000 + i;
+            lines.push(to_line(match i % 7 {
+                0 => serde_json::json!({"id": id, "op": "embed", "texts": [t, "naïve café 🎬", t]}),
+                1 => serde_json::json!({"id": id, "op": "embed", "text": t, "format": "int8"}),
+                2 => {
+                    serde_json::json!({"id": {"n": id}, "op": "embed", "format": "f32", "text": t})
+                }
+                _ => serde_json::json!({"id": id, "op": "embed", "text": t}),
+            }));
+        }
+    }
+    let warm = texts.len();
+    let counts = count_serving(clf, &lines, warm, "\"embedding\"");
+    report("embed requests", lines.len() - warm, counts);
+}
+
 /// `Classifier::embed_into` on a real embedding model (paraphrase-MiniLM-L3-v2,
 /// see `embed.rs`): after two passes of warm-up, texts of every length cost
 /// no allocation outside tract's plan run.
 #[test]
 fn embedding_a_text_allocates_nothing_outside_tract() {
     let dir = crate::embed::bundle().to_path_buf();
-    let texts: Vec<String> =
-        std::fs::read_to_string(crate::util::root().join("tests/fixtures/embed-reference.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+    let texts: Vec<String> = crate::embed::references()
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
+    let _one = SERVING.lock().unwrap_or_else(|e| e.into_inner());
     let (allocs, n) = std::thread::spawn(move || {
         let mut clf = Classifier::from_dir(&dir).unwrap();
         let mut v = vec![0.0f32; 384];

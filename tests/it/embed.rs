@@ -11,16 +11,16 @@ use std::sync::OnceLock;
 use edge_bert_model::bundle::write::{manifest_for, write_dir};
 use edge_bert_model::manifest::{Manifest, FORMAT_VERSION};
 
-use crate::util::{assert_fails, root, run, run_limited, stderr, stdout, tiny_dir};
+use crate::util::{assert_fails, root, run, stderr, stdout, tiny_dir};
 
-struct Reference {
-    text: String,
+pub struct Reference {
+    pub text: String,
     tokens: u64,
     truncated: bool,
     embedding: Vec<f64>,
 }
 
-fn references() -> Vec<Reference> {
+pub fn references() -> Vec<Reference> {
     let text =
         std::fs::read_to_string(root().join("tests/fixtures/embed-reference.jsonl")).unwrap();
     text.lines()
@@ -164,21 +164,107 @@ fn each_task_refuses_the_others_bundle() {
         "{}",
         stdout(&o)
     );
+}
 
-    // The server answers classify requests only: refused at start-up.
-    let tmp = tempfile::tempdir().unwrap();
-    let socket = tmp.path().join("eb.sock");
-    let mut cmd = crate::util::edge_bert();
-    cmd.args([
-        "serve",
-        "--model",
-        dir,
-        "--socket",
-        socket.to_str().unwrap(),
-    ])
-    .env_remove("RUST_LOG");
-    let (o, killed) = run_limited(cmd, std::time::Duration::from_secs(120));
-    assert!(!killed, "serve did not stop: {}", stderr(&o));
-    assert_fails(&o, 3, "the server answers classify requests only");
-    assert!(!socket.exists());
+/// The `embed` op over a real Unix socket, from the real model: the same
+/// vectors as ONNX Runtime (cosine >= 0.9999 in f32, >= 0.999 in int8 form),
+/// `texts` answered with `results`, and classify requests refused with
+/// `wrong_task` while the connection stays usable.
+#[test]
+fn the_server_answers_embed_requests() {
+    use crate::serve::{code, Server};
+    let refs = references();
+    let server = Server::start(&["--model", bundle().to_str().unwrap()]);
+    let mut conn = server.connect();
+    let cosine = |e: &[f32], r: &Reference| -> f64 {
+        let dot: f64 = e.iter().zip(&r.embedding).map(|(a, b)| *a as f64 * b).sum();
+        let norm: f64 = e.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        dot / norm
+    };
+    let (mut worst, mut worst_int8) = (f64::INFINITY, f64::INFINITY);
+    for (i, r) in refs.iter().enumerate() {
+        let req = serde_json::json!({"id": i, "op": "embed", "text": r.text});
+        let v = conn.ask(&serde_json::to_vec(&req).unwrap());
+        assert_eq!(v["id"], i, "{v}");
+        assert_eq!(v["tokens"], r.tokens, "{v}");
+        assert_eq!(v["truncated"], r.truncated, "{v}");
+        assert_eq!(v["dim"], 384, "{v}");
+        assert_eq!(v["model"], "paraphrase-l3", "{v}");
+        let e = edge_bert_wire::response::decode_embedding(&v).unwrap();
+        worst = worst.min(cosine(&e, r));
+        let req = serde_json::json!({"id": i, "op": "embed", "text": r.text, "format": "int8"});
+        let v = conn.ask(&serde_json::to_vec(&req).unwrap());
+        assert!(
+            v["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x.is_i64()),
+            "{v}"
+        );
+        assert!(v["scale"].as_f64().unwrap() > 0.0, "{v}");
+        let e = edge_bert_wire::response::decode_embedding(&v).unwrap();
+        worst_int8 = worst_int8.min(cosine(&e, r));
+    }
+    eprintln!(
+        "serve embed: worst cosine vs ONNX Runtime {worst:.7} (f32), {worst_int8:.7} (int8 form) on {} texts",
+        refs.len()
+    );
+    assert!(worst >= 0.9999, "worst cosine {worst}");
+    assert!(worst_int8 >= 0.999, "worst int8-form cosine {worst_int8}");
+
+    // Several texts: one answer with results, in order.
+    let texts: Vec<&str> = refs.iter().take(3).map(|r| r.text.as_str()).collect();
+    let v = conn.ask(
+        &serde_json::to_vec(&serde_json::json!({"id": "m", "op": "embed", "texts": texts}))
+            .unwrap(),
+    );
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{v}");
+    for (res, r) in results.iter().zip(&refs) {
+        let e = edge_bert_wire::response::decode_embedding(res).unwrap();
+        assert!(cosine(&e, r) >= 0.9999);
+    }
+
+    // What this model does not do, and bad requests: refused, connection kept.
+    let v = conn.ask(br#"{"id": 1, "text": "a film"}"#);
+    assert_eq!(code(&v), "wrong_task", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"op\": \"embed\""),
+        "{v}"
+    );
+    let v = conn.ask(br#"{"id": 2, "op": "embed", "text": "a", "format": "int4"}"#);
+    assert_eq!(code(&v), "bad_format", "{v}");
+    let v = conn.ask(br#"{"id": 3, "op": "embed", "text": " "}"#);
+    assert_eq!(code(&v), "empty_text", "{v}");
+    let v = conn.ask(br#"{"id": 4, "op": "embed"}"#);
+    assert_eq!(code(&v), "missing_text", "{v}");
+    let v = conn.ask(br#"{"id": 5, "op": "info"}"#);
+    assert_eq!(v["info"]["task"], "embed", "{v}");
+    assert_eq!(v["info"]["dim"], 384, "{v}");
+    assert_eq!(v["info"]["pooling"], "mean", "{v}");
+    let v = conn.ask(br#"{"id": 6, "op": "embed", "text": "still serving"}"#);
+    assert_eq!(v["dim"], 384, "{v}");
+}
+
+/// A classifier refuses the `embed` op with `wrong_task`.
+#[test]
+fn a_classifier_refuses_embed_requests() {
+    use crate::serve::{code, Server};
+    let server = Server::tiny(&[]);
+    let mut conn = server.connect();
+    let v = conn.ask(br#"{"id": 1, "op": "embed", "text": "a film"}"#);
+    assert_eq!(code(&v), "wrong_task", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is a classifier"),
+        "{v}"
+    );
+    let v = conn.ask(br#"{"id": 2, "text": "a film"}"#);
+    assert!(v["label"].is_string(), "{v}");
 }

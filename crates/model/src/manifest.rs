@@ -109,6 +109,14 @@ impl Task {
             Task::Embed { .. } => "embed",
         }
     }
+
+    /// The values in one vector: `dim` for `embed`, 0 otherwise.
+    pub fn dim(&self) -> usize {
+        match self {
+            Task::Classify => 0,
+            Task::Embed { dim, .. } => *dim,
+        }
+    }
 }
 
 /// The input roles the engine knows how to fill.

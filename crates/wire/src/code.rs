@@ -38,11 +38,16 @@ pub enum ErrorCode {
     Forbidden,
     /// A model reload was refused or failed; the old model keeps serving.
     ReloadFailed,
+    /// The request asks for what the served model does not do (`embed` on
+    /// a classifier, a text to classify on an embedding model).
+    WrongTask,
+    /// An `embed` request's `format` is not `"f32"` or `"int8"`.
+    BadFormat,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidUtf8,
         ErrorCode::MalformedJson,
         ErrorCode::NotAnObject,
@@ -60,6 +65,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Forbidden,
         ErrorCode::ReloadFailed,
+        ErrorCode::WrongTask,
+        ErrorCode::BadFormat,
     ];
 
     /// The code as sent on the wire.
@@ -82,6 +89,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ReloadFailed => "reload_failed",
+            ErrorCode::WrongTask => "wrong_task",
+            ErrorCode::BadFormat => "bad_format",
         }
     }
 

@@ -3,8 +3,8 @@
 //! thin and call into this (see `docs/protocol.md`).
 //!
 //! A request is one JSON object per line, `{"id": <any>, "text": "..."}`,
-//! `{"id": <any>, "texts": [..]}` or `{"op": "health" | "info" |
-//! "metrics"}`. Anything else is answered with an error object carrying
+//! `{"id": <any>, "texts": [..]}`, `{"op": "embed", "text": ..}` (or
+//! `texts`) or `{"op": "health" | "info" | "metrics" | "reload"}`. Anything else is answered with an error object carrying
 //! one of the [`ErrorCode`]s, and the connection stays usable. On a serial
 //! line each line may carry a CRC-32 suffix ([`frame`]).
 //!
@@ -26,6 +26,8 @@ pub mod response;
 
 pub use code::ErrorCode;
 pub use line::{Line, LineReader};
-pub use request::{decode, decode_request, Op, Refusal, Req, Request, Texts, MAX_TEXTS};
-pub use response::{encode_error, label_tokens, write_with_id, Scored};
+pub use request::{
+    decode, decode_request, Op, Refusal, Req, Request, Texts, VectorFormat, MAX_TEXTS,
+};
+pub use response::{encode_error, label_tokens, write_with_id, Embedded, Scored};
 pub use serde_json::value::RawValue;

@@ -14,6 +14,17 @@ pub enum Op {
     Reload,
 }
 
+/// How an `embed` answer writes its vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VectorFormat {
+    /// Floats (unit L2 norm).
+    #[default]
+    F32,
+    /// `"format": "int8"`: integers in -127..=127 and a `scale`; value ≈
+    /// integer × scale (4× smaller on the wire and to store).
+    Int8,
+}
+
 /// A decoded request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -29,6 +40,13 @@ pub enum Request {
     Op {
         id: serde_json::Value,
         op: Op,
+    },
+    /// `{"op": "embed", "text": ..}` or `"texts": [..]`: one vector per text.
+    Embed {
+        id: serde_json::Value,
+        texts: Vec<String>,
+        many: bool,
+        format: VectorFormat,
     },
 }
 
@@ -69,6 +87,26 @@ pub enum Req<'a> {
         id: Option<&'a RawValue>,
         op: Op,
     },
+    /// `{"id": .., "op": "embed", "text": ..}` (`many` false) or
+    /// `"texts": [..]` (`many` true, answered with `results`): the texts
+    /// are in [`Texts`].
+    Embed {
+        id: Option<&'a RawValue>,
+        many: bool,
+        format: VectorFormat,
+    },
+}
+
+impl Req<'_> {
+    /// The request's id, as sent.
+    pub fn id(&self) -> Option<&RawValue> {
+        match *self {
+            Req::Classify { id }
+            | Req::ClassifyMany { id }
+            | Req::Op { id, .. }
+            | Req::Embed { id, .. } => id,
+        }
+    }
 }
 
 /// The texts of one request, unescaped once by [`decode`] into one buffer
@@ -152,6 +190,8 @@ struct WireRequest<'a> {
     text: Option<&'a RawValue>,
     #[serde(borrow, default)]
     texts: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    format: Option<&'a RawValue>,
 }
 
 /// The id as an owned value, for error responses.
@@ -198,23 +238,71 @@ pub fn decode<'a>(line: &'a [u8], texts: &mut Texts) -> Result<Req<'a>, Refusal>
         }
     };
     let id = wire.id;
+    // `op: "embed"` carries texts, as a classification does; every other
+    // op is whole.
     if let Some(op) = wire.op {
         let op = match op.get() {
             r#""health""# => Op::Health,
             r#""info""# => Op::Info,
             r#""metrics""# => Op::Metrics,
             r#""reload""# => Op::Reload,
+            r#""embed""# => {
+                let format = vector_format(id, wire.format)?;
+                return text_request(id, wire, texts, Some(format));
+            }
             other => {
                 return Err(refuse(
                     id,
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other}; expected health, info, metrics or reload"),
+                    format!("unknown op {other}; expected embed, health, info, metrics or reload"),
                 ))
             }
         };
         return Ok(Req::Op { id, op });
     }
-    if let Some(list) = wire.texts {
+    text_request(id, wire, texts, None)
+}
+
+/// A request with texts: to classify, or to embed (`embed` is its format).
+fn text_request<'a>(
+    id: Option<&'a RawValue>,
+    wire: WireRequest<'a>,
+    texts: &mut Texts,
+    embed: Option<VectorFormat>,
+) -> Result<Req<'a>, Refusal> {
+    let many = read_texts(id, wire.texts, wire.text, texts)?;
+    Ok(match embed {
+        Some(format) => Req::Embed { id, many, format },
+        None if many => Req::ClassifyMany { id },
+        None => Req::Classify { id },
+    })
+}
+
+/// An `embed` request's `format`: absent or `"f32"`, or `"int8"`.
+fn vector_format(
+    id: Option<&RawValue>,
+    format: Option<&RawValue>,
+) -> Result<VectorFormat, Refusal> {
+    match format.map(RawValue::get) {
+        None | Some(r#""f32""#) => Ok(VectorFormat::F32),
+        Some(r#""int8""#) => Ok(VectorFormat::Int8),
+        Some(other) => Err(refuse(
+            id,
+            ErrorCode::BadFormat,
+            format!("unknown format {other}; expected \"f32\" or \"int8\""),
+        )),
+    }
+}
+
+/// Reads a request's `texts` array (`Ok(true)`) or its `text` (`Ok(false)`)
+/// into `texts`.
+fn read_texts(
+    id: Option<&RawValue>,
+    list: Option<&RawValue>,
+    text: Option<&RawValue>,
+    texts: &mut Texts,
+) -> Result<bool, Refusal> {
+    if let Some(list) = list {
         let items: heapless::Vec<&RawValue, MAX_TEXTS> = match serde_json::from_str(list.get()) {
             Ok(items) => items,
             Err(_) if list.get().starts_with('[') => {
@@ -241,14 +329,14 @@ pub fn decode<'a>(line: &'a [u8], texts: &mut Texts) -> Result<Req<'a>, Refusal>
                 .push(item)
                 .map_err(|(code, msg)| refuse(id, code, format!("texts[{i}] {msg}")))?;
         }
-        return Ok(Req::ClassifyMany { id });
+        return Ok(true);
     }
-    match wire.text {
+    match text {
         Some(t) => {
             texts
                 .push(t)
                 .map_err(|(code, msg)| refuse(id, code, format!("text {msg}")))?;
-            Ok(Req::Classify { id })
+            Ok(false)
         }
         None => Err(refuse(id, ErrorCode::MissingText, "missing \"text\"")),
     }
@@ -343,6 +431,12 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
             id: owned_id(id),
             op,
         },
+        Req::Embed { id, many, format } => Request::Embed {
+            id: owned_id(id),
+            texts: texts.iter().map(str::to_string).collect(),
+            many,
+            format,
+        },
     })
 }
 
@@ -376,6 +470,33 @@ mod tests {
         assert_eq!(code(br#"{"text": 3}"#), ErrorCode::MissingText);
         assert_eq!(code(br#"{"text": "  "}"#), ErrorCode::EmptyText);
         assert_eq!(code(br#"{"op": "reboot"}"#), ErrorCode::UnknownOp);
+        assert_eq!(
+            decode_request(br#"{"id": 2, "op": "embed", "text": "a"}"#).unwrap(),
+            Request::Embed {
+                id: json!(2),
+                texts: vec!["a".into()],
+                many: false,
+                format: VectorFormat::F32
+            }
+        );
+        assert_eq!(
+            decode_request(br#"{"op": "embed", "texts": ["a", "b"], "format": "int8"}"#).unwrap(),
+            Request::Embed {
+                id: json!(null),
+                texts: vec!["a".into(), "b".into()],
+                many: true,
+                format: VectorFormat::Int8
+            }
+        );
+        assert_eq!(code(br#"{"op": "embed"}"#), ErrorCode::MissingText);
+        assert_eq!(
+            code(br#"{"op": "embed", "text": " "}"#),
+            ErrorCode::EmptyText
+        );
+        assert_eq!(
+            code(br#"{"op": "embed", "text": "a", "format": "int4"}"#),
+            ErrorCode::BadFormat
+        );
         assert_eq!(
             decode_request(br#"{"id": 1, "texts": ["a", "b"]}"#).unwrap(),
             Request::ClassifyMany {

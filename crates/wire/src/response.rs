@@ -52,11 +52,17 @@ pub fn write_classification(
     o: &Scored<'_>,
     labels: &[String],
 ) {
+    write_answer_start(out, id);
+    write_outcome(out, o, labels);
+    out.push(b'}');
+}
+
+/// Writes `{"id":<raw id>,`: the opening of a one-text answer, whose
+/// fields ([`write_outcome`], [`write_embedding_fields`]) and `}` follow.
+pub fn write_answer_start(out: &mut Vec<u8>, id: Option<&RawValue>) {
     out.extend_from_slice(b"{\"id\":");
     write_id(out, id);
     out.push(b',');
-    write_outcome(out, o, labels);
-    out.push(b'}');
 }
 
 /// Writes the opening of a `texts` response, `{"id":..,"results":[`; each
@@ -96,6 +102,100 @@ pub fn encode_error(id: Option<&RawValue>, code: ErrorCode, message: &str) -> St
     write_with_id(&mut out, id, &error);
     // Both halves are UTF-8: the raw token was read from a str.
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// One embedding as the encoders take it (borrowed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Embedded<'a> {
+    /// The vector (unit L2 norm).
+    pub vector: &'a [f32],
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+    /// Whether the text was cut to the model's maximum length.
+    pub truncated: bool,
+    /// The model that answered, as a JSON string token.
+    pub model: Option<&'a str>,
+}
+
+/// The scale of a vector's int8 form: its largest magnitude over 127 (1
+/// for a zero vector), so that every value is `round(v / scale)` in
+/// -127..=127.
+pub fn int8_scale(vector: &[f32]) -> f32 {
+    let max = vector.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if max > 0.0 && max.is_finite() {
+        max / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// One value in int8 form at `scale` (see [`int8_scale`]).
+pub fn to_int8(v: f32, scale: f32) -> i8 {
+    (v / scale).round().clamp(-127.0, 127.0) as i8
+}
+
+/// Writes the fields of an embedding: `"embedding":[..],"dim":..,
+/// "tokens":..,"truncated":..` (no braces), the values as floats, or with
+/// `int8` as integers followed by `"scale"` (value ≈ integer × scale).
+/// Allocates nothing once `out` has the capacity.
+pub fn write_embedding_fields(out: &mut Vec<u8>, e: &Embedded<'_>, int8: bool) {
+    use std::io::Write;
+    out.extend_from_slice(b"\"embedding\":[");
+    let scale = int8_scale(e.vector);
+    for (i, v) in e.vector.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = if int8 {
+            write!(out, "{}", to_int8(*v, scale))
+        } else {
+            write!(out, "{v}")
+        };
+    }
+    out.push(b']');
+    if int8 {
+        let _ = write!(out, ",\"scale\":{scale}");
+    }
+    let _ = write!(
+        out,
+        ",\"dim\":{},\"tokens\":{},\"truncated\":{}",
+        e.vector.len(),
+        e.tokens,
+        e.truncated
+    );
+    if let Some(model) = e.model {
+        out.extend_from_slice(b",\"model\":");
+        out.extend_from_slice(model.as_bytes());
+    }
+}
+
+/// Writes `{"id":..,` then the embedding's fields and `}`.
+pub fn write_embedding(out: &mut Vec<u8>, id: Option<&RawValue>, e: &Embedded<'_>, int8: bool) {
+    write_answer_start(out, id);
+    write_embedding_fields(out, e, int8);
+    out.push(b'}');
+}
+
+/// Reads the vector of one embedding answer (an element of `results`, or
+/// a whole response), scaled back to floats when it came as int8.
+pub fn decode_embedding(v: &serde_json::Value) -> Result<Vec<f32>, ReplyError> {
+    if let Some(err) = v.get("error") {
+        return Err(ReplyError::Server {
+            code: err["code"].as_str().unwrap_or("unknown").to_string(),
+            message: err["message"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    let bad = |what: &str| ReplyError::Malformed(format!("{what} in {v}"));
+    let scale = match v.get("scale") {
+        Some(s) => s.as_f64().ok_or_else(|| bad("bad scale"))? as f32,
+        None => 1.0,
+    };
+    v["embedding"]
+        .as_array()
+        .ok_or_else(|| bad("no embedding"))?
+        .iter()
+        .map(|x| Ok(x.as_f64().ok_or_else(|| bad("bad value"))? as f32 * scale))
+        .collect()
 }
 
 /// One classification as the encoders take it (borrowed, so the server's
@@ -260,7 +360,66 @@ mod tests {
         assert_eq!(v["error"]["message"], "bad \"frame\"\n");
     }
 
+    #[test]
+    fn writes_embeddings_as_json() {
+        let vector = [0.6f32, -0.8, 0.0];
+        let e = Embedded {
+            vector: &vector,
+            tokens: 5,
+            truncated: false,
+            model: Some(r#""mini@2""#),
+        };
+        let mut out = Vec::with_capacity(256);
+        let mut texts = Texts::default();
+        let line = br#"{"id": "e1", "op": "embed", "text": "x"}"#;
+        let Req::Embed {
+            id, many: false, ..
+        } = decode(line, &mut texts).unwrap()
+        else {
+            panic!()
+        };
+        write_embedding(&mut out, id, &e, false);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"id": "e1", "embedding": [0.6, -0.8, 0], "dim": 3, "tokens": 5,
+                "truncated": false, "model": "mini@2"})
+        );
+        assert_eq!(decode_embedding(&v).unwrap(), vector);
+        out.clear();
+        write_embedding(&mut out, id, &e, true);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["embedding"], json!([95, -127, 0]));
+        let back = decode_embedding(&v).unwrap();
+        for (b, want) in back.iter().zip(vector) {
+            assert!((b - want).abs() <= 0.8 / 127.0 / 2.0 + 1e-6, "{back:?}");
+        }
+        let e = encode_error(None, ErrorCode::WrongTask, "a classifier");
+        let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+        assert!(matches!(
+            decode_embedding(&v),
+            Err(ReplyError::Server { code, .. }) if code == "wrong_task"
+        ));
+    }
+
     proptest::proptest! {
+        /// The int8 form of any vector is within half a step of each value,
+        /// and the largest magnitude maps to ±127.
+        #[test]
+        fn int8_vectors_round_within_half_a_step(
+            v in proptest::collection::vec(-1.0f32..1.0, 1..64),
+        ) {
+            let scale = int8_scale(&v);
+            let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            for x in &v {
+                let q = to_int8(*x, scale);
+                proptest::prop_assert!((q as f32 * scale - x).abs() <= scale * 0.5 + 1e-6);
+                if x.abs() == max && max > 0.0 {
+                    proptest::prop_assert_eq!(q.unsigned_abs(), 127);
+                }
+            }
+        }
+
         /// An error echoes any id token byte for byte, and stays one valid
         /// JSON line.
         #[test]
