@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use edge_bert_model::Error;
+use edge_bert_wire::response::{int8_scale, to_int8};
 
 use super::{load_with, Failure, EXIT_INPUT, EXIT_USAGE};
 
@@ -20,6 +21,10 @@ pub struct Args {
     /// Decimal places of each value (6 keeps f32's precision near 1e-6).
     #[arg(long, default_value_t = 7, value_name = "N")]
     pub digits: usize,
+    /// Write each vector as integers in -127..=127 and a "scale" (value ≈
+    /// integer × scale), as the server's `"format": "int8"` does.
+    #[arg(long, conflicts_with = "digits")]
+    pub int8: bool,
     /// Texts to embed; with none, read one text per line from stdin.
     pub texts: Vec<String>,
 }
@@ -47,14 +52,23 @@ pub fn run(a: Args) -> Result<(), Failure> {
             }
             let mut line = String::with_capacity(dim * (digits + 4) + text.len() + 64);
             line.push_str("{\"embedding\":[");
+            let scale = int8_scale(&vector);
             for (i, v) in vector.iter().enumerate() {
                 if i > 0 {
                     line.push(',');
                 }
-                line.push_str(&format!("{v:.digits$}"));
+                if a.int8 {
+                    line.push_str(&to_int8(*v, scale).to_string());
+                } else {
+                    line.push_str(&format!("{v:.digits$}"));
+                }
+            }
+            line.push(']');
+            if a.int8 {
+                line.push_str(&format!(",\"scale\":{scale}"));
             }
             line.push_str(&format!(
-                "],\"tokens\":{tokens},\"truncated\":{truncated},\"text\":{}}}",
+                ",\"tokens\":{tokens},\"truncated\":{truncated},\"text\":{}}}",
                 serde_json::Value::from(text)
             ));
             writeln!(out, "{line}").map_err(|e| Failure::new(1, format!("stdout: {e}")))?;

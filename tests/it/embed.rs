@@ -138,6 +138,26 @@ fn embed_matches_onnx_runtime_mean_pooling() {
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.lines().all(|l| l.starts_with("{\"embedding\":[")));
+
+    // int8 vectors: integers and a scale, the same direction as the floats.
+    let o = run(&["embed", "--model", dir, "--int8", &refs[0].text], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let ints = v["embedding"].as_array().unwrap();
+    assert!(
+        ints.iter()
+            .all(|x| x.as_i64().is_some_and(|i| i.abs() <= 127)),
+        "{v}"
+    );
+    assert!(ints.iter().any(|x| x.as_i64().unwrap().abs() == 127), "{v}");
+    let e = edge_bert_wire::response::decode_embedding(&v).unwrap();
+    let dot: f64 = e
+        .iter()
+        .zip(&refs[0].embedding)
+        .map(|(a, b)| *a as f64 * b)
+        .sum();
+    let norm: f64 = e.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(dot / norm >= 0.999, "int8 cosine {}", dot / norm);
 }
 
 #[test]
