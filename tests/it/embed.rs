@@ -288,3 +288,78 @@ fn a_classifier_refuses_embed_requests() {
     let v = conn.ask(br#"{"id": 2, "text": "a film"}"#);
     assert!(v["label"].is_string(), "{v}");
 }
+
+/// The default model's base encoder (all-MiniLM-L6-v2 before its sentiment
+/// fine-tune; models/minilm-embed-int8, made by models/minilm-embed/run.sh)
+/// embeds in-process and over the socket, against ONNX Runtime's fp32
+/// mean pooling of the same weights (tests/fixtures/minilm-embed-reference.jsonl).
+/// The bound is the int8 bundle's measured worst case on these texts
+/// (0.98), not the fp32 parity bound: int8 error, not a bug, is what it
+/// allows.
+#[test]
+fn the_default_models_base_encoder_embeds() {
+    use crate::serve::Server;
+    let refs: Vec<Reference> = {
+        let text =
+            std::fs::read_to_string(root().join("tests/fixtures/minilm-embed-reference.jsonl"))
+                .unwrap();
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                Reference {
+                    text: v["text"].as_str().unwrap().to_string(),
+                    tokens: v["tokens"].as_u64().unwrap(),
+                    truncated: v["truncated"].as_bool().unwrap(),
+                    embedding: floats(&v["embedding"]),
+                }
+            })
+            .collect()
+    };
+    assert_eq!(refs.len(), 83);
+    let dir = root().join("models/minilm-embed-int8");
+    let input: String = refs.iter().map(|r| format!("{}\n", r.text)).collect();
+    let o = run(
+        &["embed", "--model", dir.to_str().unwrap()],
+        input.as_bytes(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cosines: Vec<f64> = stdout(&o)
+        .lines()
+        .zip(&refs)
+        .map(|(l, r)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["tokens"], r.tokens, "{}", r.text);
+            let e = floats(&v["embedding"]);
+            e.iter().zip(&r.embedding).map(|(a, b)| a * b).sum()
+        })
+        .collect();
+    assert_eq!(cosines.len(), refs.len());
+    let worst = cosines.iter().copied().fold(f64::INFINITY, f64::min);
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    eprintln!(
+        "minilm-embed-int8: cosine to ORT fp32 worst {worst:.5}, mean {mean:.5} on {} texts",
+        refs.len()
+    );
+    assert!(worst >= 0.98, "worst cosine {worst}");
+
+    // A vector for a text differs from another text's: the model is not
+    // answering the same thing for everything.
+    let a = floats(
+        &serde_json::from_str::<serde_json::Value>(stdout(&o).lines().next().unwrap()).unwrap()
+            ["embedding"],
+    );
+    let self_sim: f64 = a.iter().zip(&refs[1].embedding).map(|(x, y)| x * y).sum();
+    assert!(self_sim < 0.9, "two different texts gave cosine {self_sim}");
+
+    let server = Server::start(&["--model", dir.to_str().unwrap()]);
+    let mut conn = server.connect();
+    let req = serde_json::json!({"id": 7, "op": "embed", "texts": [refs[0].text, refs[1].text]});
+    let v = conn.ask(&serde_json::to_vec(&req).unwrap());
+    let results = v["results"].as_array().unwrap_or_else(|| panic!("{v}"));
+    for (res, r) in results.iter().zip(&refs) {
+        let e = edge_bert_wire::response::decode_embedding(res).unwrap();
+        let c: f64 = e.iter().zip(&r.embedding).map(|(a, b)| *a as f64 * b).sum();
+        assert!(c >= 0.98, "served cosine {c}");
+        assert_eq!(res["model"], "minilm-embed-int8", "{res}");
+    }
+}
