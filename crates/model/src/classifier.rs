@@ -339,6 +339,11 @@ impl Classifier {
             return Err(Error::EmptyText);
         }
         let truncated = self.run(text)?;
+        if self.logits.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Model(
+                "the model produced NaN or infinite values".into(),
+            ));
+        }
         out.copy_from_slice(&self.logits);
         l2_normalize(out);
         Ok((self.ids.len(), truncated))

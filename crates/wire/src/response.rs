@@ -135,7 +135,8 @@ pub fn to_int8(v: f32, scale: f32) -> i8 {
 }
 
 /// Writes the fields of an embedding: `"embedding":[..],"dim":..,
-/// "tokens":..,"truncated":..` (no braces), the values as floats, or with
+/// "tokens":..,"truncated":..` (no braces), the values as floats (finite:
+/// [`Embedded::vector`] must hold no NaN), or with
 /// `int8` as integers followed by `"scale"` (value ≈ integer × scale).
 /// Allocates nothing once `out` has the capacity.
 pub fn write_embedding_fields(out: &mut Vec<u8>, e: &Embedded<'_>, int8: bool) {
@@ -146,8 +147,12 @@ pub fn write_embedding_fields(out: &mut Vec<u8>, e: &Embedded<'_>, int8: bool) {
         if i > 0 {
             out.push(b',');
         }
+        // Display never writes an exponent: a tiny value would take up to
+        // 47 digits, so those are written as 1.2345678e-5.
         let _ = if int8 {
             write!(out, "{}", to_int8(*v, scale))
+        } else if *v != 0.0 && v.abs() < 1e-3 {
+            write!(out, "{v:e}")
         } else {
             write!(out, "{v}")
         };
@@ -386,6 +391,13 @@ mod tests {
                 "truncated": false, "model": "mini@2"})
         );
         assert_eq!(decode_embedding(&v).unwrap(), vector);
+        // Tiny values keep their digits, in few bytes.
+        out.clear();
+        let tiny = [1.0f32, -1.2345678e-30, 3e-4, f32::MIN_POSITIVE];
+        write_embedding(&mut out, None, &Embedded { vector: &tiny, ..e }, false);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(decode_embedding(&v).unwrap(), tiny);
+        assert!(out.len() < 180, "{}", String::from_utf8_lossy(&out));
         out.clear();
         write_embedding(&mut out, id, &e, true);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
