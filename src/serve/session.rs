@@ -237,8 +237,8 @@ fn scored<'a>(o: &'a Outcome, served: &'a Served) -> Scored<'a> {
 /// Writes the response to one request line into `session.out`, whatever
 /// the transport; `stopping` (past the shutdown grace) answers texts
 /// `shutting_down` instead of running them. Every id is echoed as the raw
-/// token it was sent as. A classification allocates nothing here (see
-/// `tests/it/alloc.rs`); ops and errors may.
+/// token it was sent as. A classification or an embedding allocates
+/// nothing here (see `tests/it/alloc.rs`); ops and errors may.
 fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool, control: bool) {
     session.out.clear();
     let req = match decode(bytes, &mut session.texts) {
