@@ -363,3 +363,40 @@ fn the_default_models_base_encoder_embeds() {
         assert_eq!(res["model"], "minilm-embed-int8", "{res}");
     }
 }
+
+/// A reload may swap a classifier for an embedding model and back: the
+/// same connection then gets vectors, and `wrong_task` for what the new
+/// model does not do.
+#[test]
+fn a_reload_swaps_a_classifier_for_an_embedding_model_and_back() {
+    use crate::serve::{code, Server};
+    let dir = crate::util::copy_bundle(&tiny_dir());
+    let fill = |from: &Path| {
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+        }
+    };
+    let server = Server::start(&["--model", dir.path().to_str().unwrap()]);
+    let mut conn = server.connect();
+    assert!(conn.ask(br#"{"id": 1, "text": "a film"}"#)["label"].is_string());
+
+    fill(bundle());
+    let v = conn.ask(br#"{"id": 2, "op": "reload"}"#);
+    assert_eq!(v["reload"], "ok", "{v}");
+    let v = conn.ask(br#"{"id": 3, "op": "embed", "text": "a film"}"#);
+    assert_eq!(v["dim"], 384, "{v}");
+    assert_eq!(v["model"], "paraphrase-l3", "{v}");
+    let v = conn.ask(br#"{"id": 4, "text": "a film"}"#);
+    assert_eq!(code(&v), "wrong_task", "{v}");
+
+    fill(&tiny_dir());
+    let v = conn.ask(br#"{"id": 5, "op": "reload"}"#);
+    assert_eq!(v["reload"], "ok", "{v}");
+    assert!(conn.ask(br#"{"id": 6, "text": "a film"}"#)["label"].is_string());
+    let v = conn.ask(br#"{"id": 7, "op": "embed", "text": "a film"}"#);
+    assert_eq!(code(&v), "wrong_task", "{v}");
+}
