@@ -588,7 +588,12 @@ impl Expansion for AttentionNode {
 /// with `D` the last entry of each head reshape (a constant, or a
 /// `Concat` ending in one), `scale` a float scalar constant, either
 /// operand order for `Mul` and `Add`, and each intermediate read by the
-/// next node only. Anything else is left as it is.
+/// next node only; or `Div(MatMul(qh, kh), c)` for the `Mul` (scale 1/c),
+/// and the transposed output also read by `Shape` nodes whose readers
+/// only `Gather` its batch or sequence size (those then read `q`, whose
+/// first two sizes are the same), as torch's newer exporter and
+/// sentence-transformers' ONNX files write it. Anything else is left as
+/// it is.
 pub fn fuse(graph: &mut GraphProto) -> usize {
     use std::collections::HashMap;
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -664,7 +669,23 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
         (rn.input.len() == 2 && only_reader(&rn.output[0])? == t).then_some(())?;
         Some((rn.input[0].clone(), head_width(&rn.input[1])?, [r, t]))
     };
-    let mut found: Vec<(Vec<usize>, NodeProto)> = Vec::new();
+    // Every reader of a Shape's output is a Gather (axis 0) of index 0 or 1.
+    let batch_and_seq_only = |shape: &str| -> Option<bool> {
+        let rs = readers.get(shape)?;
+        Some(rs.iter().all(|&g| {
+            let Some(gn) = nodes.get(g).filter(|n| n.op_type == "Gather") else {
+                return false;
+            };
+            let axis = gn
+                .attribute
+                .iter()
+                .find(|a| a.name == "axis")
+                .map_or(0, |a| a.i);
+            let index = gn.input.get(1).and_then(|i| constant(i)).and_then(ints);
+            axis == 0 && gn.input[0] == shape && matches!(index.as_deref(), Some([0] | [1]))
+        }))
+    };
+    let mut found: Vec<Block> = Vec::new();
     for (sm, smn) in nodes.iter().enumerate() {
         let block = (|| {
             if smn.op_type != "Softmax" || smn.input.len() != 1 || smn.output.len() != 1 {
@@ -680,16 +701,26 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
             (only_reader(&adn.output[0])? == sm).then_some(())?;
             let (mu, mask) = adn.input.iter().enumerate().find_map(|(ix, i)| {
                 let p = *producer.get(i.as_str())?;
-                node_of(p, "Mul").map(|_| (p, adn.input[1 - ix].clone()))
+                (node_of(p, "Mul").is_some() || node_of(p, "Div").is_some())
+                    .then(|| (p, adn.input[1 - ix].clone()))
             })?;
             let mun = &nodes[mu];
             (adn.input.len() == 2 && only_reader(&mun.output[0])? == ad).then_some(())?;
-            let (mm, scale) = mun.input.iter().enumerate().find_map(|(ix, i)| {
-                let p = *producer.get(i.as_str())?;
+            let (mm, scale) = if mun.op_type == "Div" {
+                // Div(MatMul(qh, kh), c): the scale is 1 / c.
+                (mun.input.len() == 2).then_some(())?;
+                let p = *producer.get(mun.input[0].as_str())?;
                 node_of(p, "MatMul")?;
-                let t = constant(mun.input.get(1 - ix)?)?;
-                Some((p, scalar_f32(t)?))
-            })?;
+                let c = scalar_f32(constant(&mun.input[1])?)?;
+                (c != 0.0 && c.is_finite()).then_some((p, 1.0 / c))?
+            } else {
+                mun.input.iter().enumerate().find_map(|(ix, i)| {
+                    let p = *producer.get(i.as_str())?;
+                    node_of(p, "MatMul")?;
+                    let t = constant(mun.input.get(1 - ix)?)?;
+                    Some((p, scalar_f32(t)?))
+                })?
+            };
             let mmn = &nodes[mm];
             (mmn.input.len() == 2 && only_reader(&mmn.output[0])? == mu).then_some(())?;
             let (q, dq, qn) = head(&mmn.input[0], &[0, 2, 1, 3], mm)?;
@@ -702,9 +733,25 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
             let t3 = only_reader(&pvn.output[0])?;
             let t3n = node_of(t3, "Transpose")?;
             (perm(t3n) == [0, 2, 1, 3]).then_some(())?;
-            let r3 = only_reader(&t3n.output[0])?;
-            let r3n = node_of(r3, "Reshape")?;
-            (r3n.input[0] == t3n.output[0] && r3n.output.len() == 1).then_some(())?;
+            // The output Reshape, and Shape nodes that read only the batch
+            // and sequence sizes of the transposed output (torch's newer
+            // exports build the Reshape's target from them): those are the
+            // first two sizes of the query projection too, and read it.
+            let mut r3 = None;
+            let mut shapes = Vec::new();
+            for &r in readers.get(t3n.output[0].as_str())? {
+                let rn = nodes.get(r)?;
+                match rn.op_type.as_str() {
+                    "Reshape" if r3.is_none() && rn.input[0] == t3n.output[0] => r3 = Some(r),
+                    "Shape" if rn.attribute.is_empty() && batch_and_seq_only(&rn.output[0])? => {
+                        shapes.push(r)
+                    }
+                    _ => return None,
+                }
+            }
+            let r3 = r3?;
+            let r3n = &nodes[r3];
+            (r3n.output.len() == 1).then_some(())?;
             if dq != dk || dq != dv {
                 return None;
             }
@@ -724,29 +771,35 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
                 name: smn.name.replace("Softmax", "Attention"),
                 op_type: OP_TYPE.into(),
                 domain: "ai.edge-bert".into(),
-                input: vec![q, k, v, mask],
+                input: vec![q.clone(), k, v, mask],
                 output: r3n.output.clone(),
                 attribute: vec![attr_i, attr_f],
                 ..Default::default()
             };
+            let rewire = shapes.into_iter().map(|ix| (ix, q.clone())).collect();
             let mut drop = vec![mm, mu, ad, sm, pv, t3, r3];
             drop.extend(qn);
             drop.extend(kn);
             drop.extend(vn);
-            Some((drop, node))
+            Some((drop, node, rewire))
         })();
         found.extend(block);
     }
     let n = found.len();
     let mut drop = vec![false; graph.node.len()];
     let mut put: HashMap<usize, NodeProto> = HashMap::new();
-    for (ixs, node) in found {
+    let mut rewires = Vec::new();
+    for (ixs, node, rewire) in found {
+        rewires.extend(rewire);
         // The new node goes where the last one it replaces was.
         let last = *ixs.iter().max().expect("seven or more nodes");
         for ix in ixs {
             drop[ix] = true;
         }
         put.insert(last, node);
+    }
+    for (ix, input) in rewires {
+        graph.node[ix].input[0] = input;
     }
     let old = std::mem::take(&mut graph.node);
     for (ix, node) in old.into_iter().enumerate() {
@@ -758,6 +811,10 @@ pub fn fuse(graph: &mut GraphProto) -> usize {
     }
     n
 }
+
+/// One block [`fuse`] takes: the nodes it replaces, the fused node, and the
+/// Shape nodes to point at another input (node index, new input).
+type Block = (Vec<usize>, NodeProto, Vec<(usize, String)>);
 
 /// The values of an int64 tensor (raw or typed data).
 fn ints(t: &TensorProto) -> Option<Vec<i64>> {
