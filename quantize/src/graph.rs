@@ -197,6 +197,37 @@ pub fn op_types(model: &ModelProto) -> Vec<&str> {
         .collect()
 }
 
+/// Names every node that has no name (`{op}_{index}`, unique), and
+/// refuses two nodes of one name: the rewrite, `--exclude` and the
+/// per-layer report find nodes by name (a hand-built head has nameless
+/// nodes). Returns how many nodes it named.
+pub fn name_nodes(model: &mut ModelProto) -> Result<usize, GraphError> {
+    let graph = model.graph.as_mut().expect("decoded");
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for n in graph.node.iter().filter(|n| !n.name.is_empty()) {
+        if !seen.insert(n.name.clone()) {
+            return Err(GraphError::Unsupported {
+                node: n.name.clone(),
+                op: n.op_type.clone(),
+                reason: "two nodes have this name; node names must be unique".into(),
+            });
+        }
+    }
+    let mut named = 0;
+    for (i, n) in graph.node.iter_mut().enumerate() {
+        if n.name.is_empty() {
+            let mut name = format!("{}_{i}", n.op_type);
+            while seen.contains(&name) {
+                name.push('_');
+            }
+            seen.insert(name.clone());
+            n.name = name;
+            named += 1;
+        }
+    }
+    Ok(named)
+}
+
 /// Finds every `MatMul`/`Gemm` with a constant float weight. Gemm must be
 /// the plain `A·Bᵀ + C` or `A·B + C` form (alpha = beta = 1, no transA).
 pub fn candidates(model: &ModelProto) -> Result<Vec<Candidate>, GraphError> {
@@ -539,6 +570,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn nameless_nodes_are_named_and_quantised() {
+        let (w1, w2, b) = (wave(24, 0.7), wave(18, 1.3), wave(3, 0.4));
+        let x = wave(8, 2.1);
+        let fp32 = toy_model(&w1, &w2, &b);
+        let exact = run(&fp32, &x);
+        let mut q = fp32.clone();
+        for n in &mut q.graph.as_mut().unwrap().node {
+            n.name.clear();
+        }
+        assert_eq!(name_nodes(&mut q).unwrap(), 2);
+        let names: Vec<String> = q
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        assert_eq!(names, ["MatMul_0", "Gemm_1"]);
+        let s = rewrite(&mut q, &RewriteOptions::default()).unwrap();
+        assert_eq!(s.quantized.len(), 2);
+        assert!(crate::qmath::sqnr_db(&exact, &run(&q, &x)) > 25.0);
+        // Two nodes of one name are refused, naming it.
+        let mut d = fp32.clone();
+        d.graph.as_mut().unwrap().node[1].name = "mm".into();
+        let e = name_nodes(&mut d).unwrap_err().to_string();
+        assert!(e.contains("\"mm\"") && e.contains("unique"), "{e}");
     }
 
     #[test]
