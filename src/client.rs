@@ -69,9 +69,18 @@ impl Client {
 
     /// Classifies one text on the server.
     pub fn classify(&mut self, text: &str) -> Result<Classification> {
+        self.classify_at(text, None)
+    }
+
+    /// Classifies one text; `threshold` replaces a multi-label model's own.
+    pub fn classify_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification> {
         self.next_id += 1;
         let id = self.next_id;
-        let v = self.request(&json!({ "id": id, "text": text }))?;
+        let mut req = json!({ "id": id, "text": text });
+        if let Some(t) = threshold {
+            req["threshold"] = json!(t);
+        }
+        let v = self.request(&req)?;
         parse_classification(&v, id)
     }
 }
@@ -84,6 +93,7 @@ pub fn parse_classification(v: &Value, id: u64) -> Result<Classification> {
             label: a.label,
             score: a.score,
             scores: a.scores,
+            labels: a.labels,
             logits: Vec::new(),
             tokens: a.tokens,
             truncated: a.truncated,
@@ -248,7 +258,16 @@ impl SerialClient {
 
     /// Classifies one text on the device.
     pub fn classify(&mut self, text: &str) -> Result<Classification> {
-        let v = self.request(json!({ "text": text }))?;
+        self.classify_at(text, None)
+    }
+
+    /// Classifies one text; `threshold` replaces a multi-label model's own.
+    pub fn classify_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification> {
+        let mut req = json!({ "text": text });
+        if let Some(t) = threshold {
+            req["threshold"] = json!(t);
+        }
+        let v = self.request(req)?;
         parse_classification(&v, self.next_id)
     }
 }

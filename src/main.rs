@@ -38,11 +38,13 @@ struct Cli {
 enum Command {
     /// Classify texts given as arguments, or one per line on stdin.
     #[command(
-        after_help = "Output: LABEL<TAB>score<TAB>text per text, or one JSON object per line with --json.\n\
+        after_help = "Output: LABEL<TAB>score<TAB>text per text, or one JSON object per line with --json;\n\
+        a multi-label model gives LABEL,LABEL (or -) in the first column.\n\
         Examples:\n  edge-bert classify \"what a waste of two hours\"\n  \
         edge-bert classify --json --model models/sentiment-fp32 < reviews.txt\n  \
         edge-bert classify --socket /run/edge-bert/edge-bert.sock \"great film\"\n  \
-        edge-bert classify --serial /dev/ttyUSB0 --baud 115200 \"great film\""
+        edge-bert classify --serial /dev/ttyUSB0 --baud 115200 \"great film\"\n  \
+        edge-bert classify --model models/moral-int8 --threshold 0.5 \"Every child deserves a fair shot.\""
     )]
     Classify(cli::classify::Args),
     /// Embed texts with an embedding bundle (task "embed"): one JSON line per text.

@@ -29,6 +29,9 @@ use crate::Failure;
 pub enum ImportTask {
     /// Softmax over label logits (a `[batch, labels]` output).
     Classify,
+    /// A sigmoid per label logit (a `[batch, labels]` output); every label
+    /// at or over the threshold is given.
+    Multilabel,
     /// One L2-normalised vector per text, pooled from a `[batch, seq, dim]` output.
     Embed,
 }
@@ -59,6 +62,9 @@ pub struct ImportArgs {
     /// How token vectors become one (embed).
     #[arg(long, value_enum, default_value_t = Pooling::Mean)]
     pub pooling: Pooling,
+    /// The probability at which a label is given (multilabel; default 0.5).
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
     /// Which graph output to keep (default: `logits` / `last_hidden_state`,
     /// or the only output of the right shape).
     #[arg(long, value_name = "NAME")]
@@ -255,7 +261,9 @@ fn choose_output(
             });
     }
     let (names, rank, what) = match task {
-        ImportTask::Classify => (&["logits"][..], 2, "[batch, labels] logits"),
+        ImportTask::Classify | ImportTask::Multilabel => {
+            (&["logits"][..], 2, "[batch, labels] logits")
+        }
         ImportTask::Embed => (
             &["last_hidden_state", "token_embeddings"][..],
             3,
@@ -328,7 +336,7 @@ pub fn prepare(
         return Err(format!("output {} is not float32", describe(&out)));
     }
     let rank = match task {
-        ImportTask::Classify => 2,
+        ImportTask::Classify | ImportTask::Multilabel => 2,
         ImportTask::Embed => 3,
     };
     if let Some(d) = dims(t) {
@@ -549,22 +557,44 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
     let model_bytes = graph::encode(&model);
     drop(model);
 
+    if a.threshold.is_some() && a.task != ImportTask::Multilabel {
+        return Err(Failure(2, "--threshold is for --task multilabel".into()));
+    }
+    if let Some(t) = a
+        .threshold
+        .filter(|t| !edge_bert_model::manifest::valid_threshold(*t))
+    {
+        return Err(Failure(
+            2,
+            format!("--threshold {t} is not a probability strictly between 0 and 1"),
+        ));
+    }
+    // --labels, else the id2label of a config.json beside the model.
+    let labels_given = || -> Result<Vec<String>, Failure> {
+        if !a.labels.is_empty() {
+            return Ok(a.labels.clone());
+        }
+        config.as_ref().and_then(labels_from_config).ok_or_else(|| {
+            Failure(
+                2,
+                "no --labels given and no config.json with id2label beside the model".into(),
+            )
+        })
+    };
     let (task, labels, dim, pooling) = match a.task {
+        ImportTask::Multilabel => {
+            let labels = labels_given()?;
+            if let Some(w) = prepared.width.filter(|w| *w != labels.len()) {
+                return Err(bad(format!(
+                    "output {} gives {w} logits but {} labels were given",
+                    prepared.output,
+                    labels.len()
+                )));
+            }
+            ("multilabel", labels, None, None)
+        }
         ImportTask::Classify => {
-            let labels = if !a.labels.is_empty() {
-                a.labels.clone()
-            } else {
-                config
-                    .as_ref()
-                    .and_then(labels_from_config)
-                    .ok_or_else(|| {
-                        Failure(
-                            2,
-                            "no --labels given and no config.json with id2label beside the model"
-                                .into(),
-                        )
-                    })?
-            };
+            let labels = labels_given()?;
             if labels.len() < 2 {
                 return Err(Failure(
                     2,
@@ -586,7 +616,10 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
         }
         ImportTask::Embed => {
             if !a.labels.is_empty() {
-                return Err(Failure(2, "--labels is for --task classify".into()));
+                return Err(Failure(
+                    2,
+                    "--labels is for --task classify and multilabel".into(),
+                ));
             }
             let dim = prepared
                 .width
@@ -622,6 +655,7 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
         task: Some(task.into()),
         pooling,
         dim,
+        threshold: a.threshold,
         precision: "fp32".into(),
         labels,
         max_seq_len: max_len,
@@ -686,7 +720,7 @@ pub(crate) fn self_test(dir: &Path) -> Result<(), String> {
     let mut c = Classifier::load_dir(dir, None, false).map_err(|e| e.to_string())?;
     for text in SAMPLES {
         match c.task() {
-            Task::Classify => {
+            Task::Classify | Task::Multilabel { .. } => {
                 let p = c.classify(text).map_err(|e| format!("{text:?}: {e}"))?;
                 if !p.score.is_finite() {
                     return Err(format!("{text:?}: score {} is not finite", p.score));

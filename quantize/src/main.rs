@@ -16,8 +16,8 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use edge_bert_model::bundle::write::{manifest_for, write_dir};
 use edge_bert_model::bundle::{Bundle, Source};
-use edge_bert_model::eval::{read_tsv, Example};
-use edge_bert_model::manifest::{sha256_hex, Manifest};
+use edge_bert_model::eval::{read_multilabel_tsv, read_tsv, Example, LabelCounts, LabelSet};
+use edge_bert_model::manifest::{sha256_hex, Manifest, Task};
 use edge_bert_model::tokenize::TextTokenizer;
 use edge_bert_model::Classifier;
 use serde_json::json;
@@ -145,7 +145,9 @@ enum KeyCommand {
         edge-bert-quantize import --onnx paraphrase-MiniLM-L3-v2.onnx \\\n      \
             --tokenizer tokenizer.json --task embed --output models/paraphrase-l3\n  \
         edge-bert-quantize import --onnx export/model.onnx --tokenizer export/tokenizer.json \\\n      \
-            --task classify --output models/topics        # labels from export/config.json\n\n\
+            --task classify --output models/topics        # labels from export/config.json\n  \
+        edge-bert-quantize import --onnx moral.onnx --tokenizer tokenizer.json --task multilabel \\\n      \
+            --labels care,fairness,loyalty,authority,sanctity --threshold 0.3 --output models/moral\n\n\
         What import does to the graph: external data files inlined, value_info dropped,\n\
         only the output the task reads kept (and what it needs), float/int32 masks cast\n\
         to the int64 the runtime feeds. Quantise the result with\n\
@@ -194,14 +196,20 @@ fn init_log() {
         .init();
 }
 
-fn read_examples(path: &Path, labels: &[String]) -> Result<Vec<Example>, Failure> {
-    if labels.is_empty() {
+/// Calibration or evaluation texts: labelled for a classifier; only the
+/// texts for an embedding or a multi-label bundle (`texts_only`).
+fn read_examples(
+    path: &Path,
+    labels: &[String],
+    texts_only: bool,
+) -> Result<Vec<Example>, Failure> {
+    if labels.is_empty() || texts_only {
         return read_texts(path);
     }
     read_tsv(path, labels).map_err(fail(4))
 }
 
-/// Texts for an `embed` bundle (no labels): each non-empty line's text
+/// Texts without their labels: each non-empty line's text
 /// after its first tab, or the whole line (so a classify TSV serves too).
 fn read_texts(path: &Path) -> Result<Vec<Example>, Failure> {
     let bytes = std::fs::read(path).map_err(|e| Failure(4, format!("{}: {e}", path.display())))?;
@@ -232,7 +240,7 @@ fn cosines(fp32: &Bundle, int8: &Bundle, examples: &[Example]) -> Result<Vec<f64
     for ex in examples {
         let x = a.embed(&ex.text).map_err(fail(1))?.vector;
         let y = b.embed(&ex.text).map_err(fail(1))?.vector;
-        out.push(x.iter().zip(&y).map(|(p, q)| (p * q) as f64).sum());
+        out.push(edge_bert_model::postprocess::cosine(&x, &y) as f64);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -249,6 +257,23 @@ fn bar(len: usize, what: &str) -> indicatif::ProgressBar {
         .progress_chars("=> "),
     );
     b
+}
+
+/// The labels a multi-label bundle gives one text, and its probabilities.
+type Given = (Vec<usize>, Vec<f32>);
+
+/// The label sets a multi-label bundle gives, and its probabilities.
+fn given_sets(bundle: &Bundle, sets: &[LabelSet], what: &str) -> Result<Vec<Given>, Failure> {
+    let mut clf = Classifier::new(bundle, None).map_err(fail(1))?;
+    let b = bar(sets.len(), what);
+    let mut out = Vec::with_capacity(sets.len());
+    for ex in sets {
+        let (given, o) = clf.given_labels(&ex.text).map_err(fail(1))?;
+        out.push((given, o.probs.to_vec()));
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    Ok(out)
 }
 
 /// Predictions and logits of a bundle on examples.
@@ -385,6 +410,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let started = Instant::now();
     let input = Bundle::load_dir(&cli.input).map_err(fail(3))?;
     let labels = input.manifest.labels.clone();
+    let multilabel = matches!(input.manifest.task_kind(), Ok(Task::Multilabel { .. }));
 
     // The output must not be (or contain) the input.
     let in_canon = std::fs::canonicalize(&cli.input).map_err(fail(3))?;
@@ -427,6 +453,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let tok = TextTokenizer::from_bytes(&input.tokenizer_bytes, input.manifest.max_seq_len)
         .map_err(fail(3))?;
     let mut model = graph::decode(&input.model_bytes).map_err(fail(3))?;
+    let named = graph::name_nodes(&mut model).map_err(fail(3))?;
+    if named > 0 {
+        log::info!("{named} nameless nodes named for the rewrite");
+    }
     let cands = graph::candidates(&model).map_err(fail(3))?;
 
     let mut exclude: HashSet<String> = HashSet::new();
@@ -449,7 +479,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         p.exists().then_some(p)
     });
     let calibration = match &calibration_path {
-        Some(p) => Some(read_examples(p, &labels)?),
+        Some(p) => Some(read_examples(p, &labels, multilabel)?),
         None => None,
     };
     let act_ranges = match cli.mode {
@@ -556,7 +586,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     // Per-layer error on (up to 200 of) the calibration texts, or the eval
     // texts when there is no calibration file.
     let eval_examples = match &cli.eval {
-        Some(p) => Some(read_examples(p, &labels)?),
+        Some(p) => Some(read_examples(p, &labels, multilabel)?),
         None => None,
     };
     let layer_texts: Option<&[Example]> = calibration
@@ -571,13 +601,47 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     // Accuracy, and the search for layers to keep in fp32.
     let mut eval_report = serde_json::Value::Null;
     let embed = labels.is_empty();
-    if embed && (cli.max_accuracy_drop.is_some() || cli.min_agreement.is_some()) {
+    if (embed || multilabel) && (cli.max_accuracy_drop.is_some() || cli.min_agreement.is_some()) {
         return Err(Failure(
             2,
-            "--max-accuracy-drop and --min-agreement are for classify bundles; an embed bundle's --eval reports cosines".into(),
+            "--max-accuracy-drop and --min-agreement are for classify bundles; an embed bundle's --eval reports cosines, a multilabel one's F1s".into(),
         ));
     }
-    if let (true, Some(eval_path), Some(examples)) = (embed, &cli.eval, eval_examples.as_deref()) {
+    if let (true, Some(eval_path)) = (multilabel, &cli.eval) {
+        let sets = read_multilabel_tsv(eval_path, &labels).map_err(fail(4))?;
+        let fp32 = given_sets(&input, &sets, "eval fp32")?;
+        let int8 = given_sets(&out_bundle, &sets, "eval int8")?;
+        let score = |given: &[Given]| {
+            let mut c = LabelCounts::new(labels.len());
+            for (ex, (g, _)) in sets.iter().zip(given) {
+                c.add(&ex.labels, g);
+            }
+            c
+        };
+        let (c32, c8) = (score(&fp32), score(&int8));
+        let same = fp32.iter().zip(&int8).filter(|(a, b)| a.0 == b.0).count();
+        let diffs = fp32
+            .iter()
+            .zip(&int8)
+            .flat_map(|(a, b)| a.1.iter().zip(&b.1).map(|(x, y)| (x - y).abs()));
+        let max_prob_diff = diffs.fold(0f32, f32::max);
+        eval_report = json!({
+            "data": eval_path.display().to_string(),
+            "examples": sets.len(),
+            "fp32_micro_f1": 100.0 * c32.micro_f1(),
+            "int8_micro_f1": 100.0 * c8.micro_f1(),
+            "fp32_macro_f1": 100.0 * c32.macro_f1(),
+            "int8_macro_f1": 100.0 * c8.macro_f1(),
+            "fp32_exact_match": 100.0 * c32.exact_match(),
+            "int8_exact_match": 100.0 * c8.exact_match(),
+            "fp32_per_label": c32.per_label(&labels),
+            "int8_per_label": c8.per_label(&labels),
+            "agreement": 100.0 * same as f64 / sets.len() as f64,
+            "max_prob_diff": max_prob_diff,
+        });
+    } else if let (true, Some(eval_path), Some(examples)) =
+        (embed, &cli.eval, eval_examples.as_deref())
+    {
         let c = cosines(&input, &out_bundle, examples)?;
         let mut sorted = c.clone();
         sorted.sort_by(f64::total_cmp);
@@ -757,6 +821,23 @@ fn print_report(r: &serde_json::Value, layers: &[(String, f64)]) {
             e["cosine_min"].as_f64().unwrap_or(0.0),
             e["cosine_p01"].as_f64().unwrap_or(0.0),
             e["cosine_mean"].as_f64().unwrap_or(0.0)
+        );
+    } else if !e["fp32_micro_f1"].is_null() {
+        let f = |k: &str| e[k].as_f64().unwrap_or(0.0);
+        println!(
+            "micro F1   fp32 {:.2}%  int8 {:.2}%   macro F1 fp32 {:.2}%  int8 {:.2}%  on {} texts",
+            f("fp32_micro_f1"),
+            f("int8_micro_f1"),
+            f("fp32_macro_f1"),
+            f("int8_macro_f1"),
+            e["examples"]
+        );
+        println!(
+            "agreement  {:.2}% same label set   exact set fp32 {:.2}%  int8 {:.2}%   prob diff max {:.4}",
+            f("agreement"),
+            f("fp32_exact_match"),
+            f("int8_exact_match"),
+            f("max_prob_diff")
         );
     } else if !e.is_null() {
         println!(

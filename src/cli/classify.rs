@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use edge_bert::client::{Client, SerialClient};
+use edge_bert_model::manifest::Task;
 use edge_bert_model::{Classification, Classifier, Error};
 
 use super::{load_with, Failure, EXIT_CONNECT, EXIT_INPUT, EXIT_USAGE};
@@ -32,8 +33,20 @@ pub struct Args {
     /// Baud rate for --serial.
     #[arg(long, default_value_t = 115_200, value_name = "N", requires = "serial")]
     pub baud: u32,
+    /// Multi-label models: give every label whose probability is at least
+    /// P (0 < P < 1) instead of the model's own threshold.
+    #[arg(long, value_name = "P", value_parser = parse_threshold)]
+    pub threshold: Option<f32>,
     /// Texts to classify; with none, read one text per line from stdin.
     pub texts: Vec<String>,
+}
+
+/// `--threshold`: a probability strictly between 0 and 1.
+fn parse_threshold(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if edge_bert_model::manifest::valid_threshold(t) => Ok(t),
+        _ => Err(format!("{s} is not a probability strictly between 0 and 1")),
+    }
 }
 
 pub fn run(a: Args) -> Result<(), Failure> {
@@ -44,7 +57,19 @@ pub fn run(a: Args) -> Result<(), Failure> {
         a.tcp,
         a.serial.map(|p| (p, a.baud)),
     )?;
-    classify(backend, a.json, a.texts)
+    if let (Backend::Local(c), Some(_)) = (&backend, a.threshold) {
+        if !matches!(c.task(), Task::Multilabel { .. }) {
+            return Err(Failure::new(
+                EXIT_USAGE,
+                format!(
+                    "--threshold is for multi-label models; {} is a {} model",
+                    c.manifest().name,
+                    c.task().name()
+                ),
+            ));
+        }
+    }
+    classify(backend, a.json, a.threshold, a.texts)
 }
 
 /// A daemon connection when `--socket` or `--tcp` is given, else the model
@@ -103,11 +128,11 @@ enum Backend {
 const SERIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Backend {
-    fn classify(&mut self, text: &str) -> Result<Classification, Error> {
+    fn classify(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification, Error> {
         match self {
-            Backend::Local(c) => c.classify(text),
-            Backend::Remote(c) => c.classify(text),
-            Backend::Serial(c) => c.classify(text),
+            Backend::Local(c) => c.classify_at(text, threshold),
+            Backend::Remote(c) => c.classify_at(text, threshold),
+            Backend::Serial(c) => c.classify_at(text, threshold),
         }
     }
 }
@@ -118,22 +143,31 @@ fn classification_json(c: &Classification, text: &str) -> serde_json::Value {
         .iter()
         .map(|(l, p)| (l.clone(), serde_json::json!(p)))
         .collect();
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "label": c.label,
         "score": c.score,
         "scores": scores,
         "tokens": c.tokens,
         "truncated": c.truncated,
         "text": text,
-    })
+    });
+    if let Some(labels) = &c.labels {
+        v["labels"] = serde_json::json!(labels);
+    }
+    v
 }
 
-fn classify(mut clf: Backend, json: bool, texts: Vec<String>) -> Result<(), Failure> {
+fn classify(
+    mut clf: Backend,
+    json: bool,
+    threshold: Option<f32>,
+    texts: Vec<String>,
+) -> Result<(), Failure> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     // Ok(false): this text was refused (reported on stderr), go on with the rest.
     let mut one = |n: usize, text: &str, out: &mut dyn Write| -> Result<bool, Failure> {
-        match clf.classify(text) {
+        match clf.classify(text, threshold) {
             Ok(c) => {
                 if c.truncated {
                     log::warn!("text {n} truncated to {} tokens", c.tokens);
@@ -151,7 +185,13 @@ fn classify(mut clf: Backend, json: bool, texts: Vec<String>) -> Result<(), Fail
                             }
                         })
                         .collect();
-                    format!("{}\t{:.4}\t{}", c.label, c.score, flat)
+                    match &c.labels {
+                        // Multi-label: the labels given ("-" for none),
+                        // then the top label's probability.
+                        Some(l) if l.is_empty() => format!("-\t{:.4}\t{flat}", c.score),
+                        Some(l) => format!("{}\t{:.4}\t{flat}", l.join(","), c.score),
+                        None => format!("{}\t{:.4}\t{}", c.label, c.score, flat),
+                    }
                 };
                 writeln!(out, "{line}").map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
             }

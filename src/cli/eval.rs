@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use edge_bert_model::eval::{read_tsv, ClassMetrics, Confusion};
+use edge_bert_model::eval::{
+    read_multilabel_tsv, read_tsv, ClassMetrics, Confusion, LabelCounts, LabelMetrics,
+};
+use edge_bert_model::manifest::Task;
+use edge_bert_model::Classifier;
 use serde::Serialize;
 
 use super::{emit, load, Failure, EXIT_DATA};
@@ -14,7 +18,8 @@ pub struct Args {
     /// Model bundle directory (default: the embedded model).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Labelled data: LABEL<TAB>text per line.
+    /// Labelled data: LABEL<TAB>text per line (multi-label models:
+    /// LABEL,LABEL,..<TAB>text, or -<TAB>text for none).
     #[arg(long, value_name = "FILE.tsv")]
     pub data: PathBuf,
     /// A second bundle to measure agreement with.
@@ -47,8 +52,9 @@ fn eval(
 ) -> Result<(), Failure> {
     let mut clf = load(model, None)?;
     let mut reference = reference.map(|r| load(Some(r), None)).transpose()?;
+    let multilabel = matches!(clf.task(), Task::Multilabel { .. });
     for c in std::iter::once(&clf).chain(reference.as_ref()) {
-        if c.task() != edge_bert_model::manifest::Task::Classify {
+        if let Task::Embed { .. } = c.task() {
             return Err(Failure::new(
                 super::EXIT_USAGE,
                 format!(
@@ -59,6 +65,23 @@ fn eval(
             ));
         }
     }
+    if let Some(r) = &reference {
+        if matches!(r.task(), Task::Multilabel { .. }) != multilabel {
+            return Err(Failure::new(
+                super::EXIT_USAGE,
+                format!(
+                    "{} is a {} bundle and {} a {} one: agreement needs the same task",
+                    clf.source(),
+                    clf.task().name(),
+                    r.source(),
+                    r.task().name()
+                ),
+            ));
+        }
+    }
+    if multilabel {
+        return eval_multilabel(clf, data, reference, limit, json);
+    }
     let labels = clf.manifest().labels.clone();
     let mut examples =
         read_tsv(data, &labels).map_err(|e| Failure::new(EXIT_DATA, e.to_string()))?;
@@ -66,14 +89,7 @@ fn eval(
         examples.truncate(n);
     }
 
-    let bar = indicatif::ProgressBar::new(examples.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} eval [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
+    let bar = progress(examples.len());
     let mut confusion = Confusion::new(labels.len());
     let mut agree = 0u64;
     let mut tokens = 0u64;
@@ -118,6 +134,146 @@ fn eval(
         texts_per_second: n as f64 / secs,
     };
     emit(&report, json)
+}
+
+fn progress(n: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} eval [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// `eval` of a multi-label bundle: per-label precision, recall and F1,
+/// micro and macro F1, exact-set matches, and agreement (same set) with
+/// the reference.
+fn eval_multilabel(
+    mut clf: Classifier,
+    data: &Path,
+    mut reference: Option<Classifier>,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<(), Failure> {
+    let labels = clf.manifest().labels.clone();
+    let mut examples =
+        read_multilabel_tsv(data, &labels).map_err(|e| Failure::new(EXIT_DATA, e.to_string()))?;
+    if let Some(n) = limit {
+        examples.truncate(n);
+    }
+    let bar = progress(examples.len());
+    let mut counts = LabelCounts::new(labels.len());
+    let (mut agree, mut tokens, mut truncated) = (0u64, 0u64, 0u64);
+    let mut busy = std::time::Duration::ZERO;
+    for ex in &examples {
+        let started = Instant::now();
+        let (given, o) = clf
+            .given_labels(&ex.text)
+            .map_err(|e| Failure::new(1, format!("classifying {:?}: {e}", ex.text)))?;
+        busy += started.elapsed();
+        tokens += o.tokens as u64;
+        truncated += o.truncated as u64;
+        counts.add(&ex.labels, &given);
+        if let Some(r) = reference.as_mut() {
+            let (theirs, _) = r
+                .given_labels(&ex.text)
+                .map_err(|e| Failure::new(1, format!("reference model: {e}")))?;
+            agree += (theirs == given) as u64;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let n = examples.len() as u64;
+    let secs = busy.as_secs_f64().max(1e-9);
+    let report = MultilabelReport {
+        model: clf.manifest().name.clone(),
+        source: clf.source().to_string(),
+        data: data.display().to_string(),
+        examples: n,
+        threshold: match clf.task() {
+            Task::Multilabel { threshold } => threshold,
+            _ => 0.0,
+        },
+        micro_f1: counts.micro_f1(),
+        macro_f1: counts.macro_f1(),
+        exact_match: counts.exact_match(),
+        per_label: counts.per_label(&labels),
+        agreement: reference.as_ref().map(|_| agree as f64 / n as f64),
+        reference: reference.as_ref().map(|r| r.manifest().name.clone()),
+        tokens,
+        truncated,
+        seconds: secs,
+        texts_per_second: n as f64 / secs,
+    };
+    emit(&report, json)
+}
+
+/// What `eval` reports for a multi-label bundle.
+#[derive(Serialize)]
+struct MultilabelReport {
+    model: String,
+    source: String,
+    data: String,
+    examples: u64,
+    threshold: f32,
+    micro_f1: f64,
+    macro_f1: f64,
+    /// Share of texts given exactly their true set of labels.
+    exact_match: f64,
+    per_label: Vec<LabelMetrics>,
+    /// Share of texts on which the reference bundle gave the same set.
+    agreement: Option<f64>,
+    reference: Option<String>,
+    tokens: u64,
+    truncated: u64,
+    seconds: f64,
+    texts_per_second: f64,
+}
+
+impl std::fmt::Display for MultilabelReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.examples;
+        writeln!(f, "model      {} ({})", self.model, self.source)?;
+        writeln!(
+            f,
+            "data       {} ({n} examples, {} truncated)",
+            self.data, self.truncated
+        )?;
+        writeln!(
+            f,
+            "micro F1   {:.2}%  macro F1 {:.2}%  exact set {:.2}%  (threshold {})",
+            100.0 * self.micro_f1,
+            100.0 * self.macro_f1,
+            100.0 * self.exact_match,
+            self.threshold
+        )?;
+        for m in &self.per_label {
+            writeln!(
+                f,
+                "  {:<12} precision {:.2}%  recall {:.2}%  F1 {:.2}%  support {}",
+                m.label,
+                100.0 * m.precision,
+                100.0 * m.recall,
+                100.0 * m.f1,
+                m.support
+            )?;
+        }
+        if let (Some(agreement), Some(name)) = (self.agreement, &self.reference) {
+            writeln!(
+                f,
+                "agreement  {:.2}% same set with {name}",
+                100.0 * agreement
+            )?;
+        }
+        writeln!(
+            f,
+            "speed      {:.1} texts/s ({:.2} s in the model path)",
+            self.texts_per_second, self.seconds
+        )
+    }
 }
 
 /// What `eval` reports; its `--json` line and its text both come from it.

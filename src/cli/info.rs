@@ -88,7 +88,7 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
                 .collect(),
             output: match clf.task() {
                 Task::Embed { dim, .. } => format!("1x{bucket}x{dim}xf32"),
-                Task::Classify => format!("1x{}xf32", m.labels.len()),
+                Task::Classify | Task::Multilabel { .. } => format!("1x{}xf32", m.labels.len()),
             },
         })
         .collect();
@@ -149,6 +149,12 @@ impl std::fmt::Display for InfoReport<'_> {
                 "output       {} (1 x bucket x {dim}, f32; {} pooling, L2-normalised)",
                 m.output,
                 pooling.name()
+            )?,
+            Ok(Task::Multilabel { threshold }) => writeln!(
+                f,
+                "output       {} (1 x {}, f32; a sigmoid per label, given at >= {threshold})",
+                m.output,
+                m.labels.len()
             )?,
             _ => writeln!(f, "output       {} (1 x {}, f32)", m.output, m.labels.len())?,
         }

@@ -121,7 +121,8 @@ const VALUE_BYTES: usize = 16;
 /// longer than the line limit allows): [`MAX_TEXTS`] classifications over
 /// `labels`, or as many vectors of `dim` values.
 fn out_capacity(max_text_bytes: usize, labels: &[String], dim: usize) -> usize {
-    let classified = 96 + labels.iter().map(|l| l.len() + 24).sum::<usize>();
+    // Each label in `scores`, and again in a multi-label answer's `labels`.
+    let classified = 128 + labels.iter().map(|l| 2 * l.len() + 26).sum::<usize>();
     let embedded = 128 + dim * VALUE_BYTES;
     max_text_bytes + 64 + MAX_TEXTS * classified.max(embedded)
 }

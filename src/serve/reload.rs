@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edge_bert_model::bundle::{read_listed, Bundle, Signed};
+use edge_bert_model::manifest::Task;
 use edge_bert_model::signing::TrustedKeys;
 use edge_bert_model::{selftest, Classifier, Error, Result};
 use edge_bert_wire::label_tokens;
@@ -80,6 +81,8 @@ pub(crate) struct Served {
     pub(crate) labels: Vec<String>,
     /// [`ModelId::tag`] as a JSON string token.
     pub(crate) token: String,
+    /// A multi-label model's own threshold (`None`: not multi-label).
+    pub(crate) threshold: Option<f32>,
     pub(crate) info: Value,
 }
 
@@ -98,11 +101,20 @@ impl Served {
             "buckets": clf.engine().buckets(),
             "version": env!("CARGO_PKG_VERSION"),
         });
-        if let edge_bert_model::manifest::Task::Embed { dim, pooling } = clf.task() {
+        if let Task::Embed { dim, pooling } = clf.task() {
             info["dim"] = dim.into();
             info["pooling"] = pooling.name().into();
         }
+        let threshold = match clf.task() {
+            Task::Multilabel { threshold } => Some(threshold),
+            _ => None,
+        };
+        if let Some(t) = threshold {
+            // As the answers write it (`0.3`, not the f64 of the f32).
+            info["threshold"] = serde_json::from_str(&t.to_string()).unwrap_or(json!(t));
+        }
         Served {
+            threshold,
             labels: label_tokens(&m.labels),
             token: Value::from(id.tag()).to_string(),
             id,

@@ -224,13 +224,15 @@ fn error(shared: &Shared, out: &mut Vec<u8>, code: ErrorCode, message: &str) {
     out.extend_from_slice(encode_error(None, code, message).as_bytes());
 }
 
-fn scored<'a>(o: &'a Outcome, served: &'a Served) -> Scored<'a> {
+/// `threshold`: the request's own, which replaces a multi-label model's.
+fn scored<'a>(o: &'a Outcome, served: &'a Served, threshold: Option<f32>) -> Scored<'a> {
     Scored {
         best: o.best,
         probs: &o.probs,
         tokens: o.tokens,
         truncated: o.truncated,
         model: Some(&served.token),
+        threshold: served.threshold.map(|own| threshold.unwrap_or(own)),
     }
 }
 
@@ -260,11 +262,13 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool,
         let msg = "the server is stopping; this line was not run";
         return failed(out, req.id(), ErrorCode::ShuttingDown, msg);
     }
-    let (id, many, want, int8) = match req {
+    let (id, many, want, int8, threshold) = match req {
         Req::Op { id, op } => return respond_op(shared, id, op, out, control),
-        Req::Classify { id } => (id, false, Want::Classify, false),
-        Req::ClassifyMany { id } => (id, true, Want::Classify, false),
-        Req::Embed { id, many, format } => (id, many, Want::Embed, format == VectorFormat::Int8),
+        Req::Classify { id, threshold } => (id, false, Want::Classify, false, threshold),
+        Req::ClassifyMany { id, threshold } => (id, true, Want::Classify, false, threshold),
+        Req::Embed { id, many, format } => {
+            (id, many, Want::Embed, format == VectorFormat::Int8, None)
+        }
     };
     shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(Fault::SessionPanic(t)) = &shared.fault {
@@ -289,7 +293,15 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool,
             out.push(b'{');
         }
         match done {
-            Done::Classified(o) => write_outcome(out, &scored(&o, &served), &served.labels),
+            Done::Classified(_) if threshold.is_some() && served.threshold.is_none() => {
+                shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                let msg =
+                    "\"threshold\" is for multi-label models; the served model gives one label";
+                return failed(out, id, ErrorCode::WrongTask, msg);
+            }
+            Done::Classified(o) => {
+                write_outcome(out, &scored(&o, &served, threshold), &served.labels)
+            }
             Done::Embedded { tokens, truncated } => {
                 let e = Embedded {
                     vector: slot.vector(),

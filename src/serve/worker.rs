@@ -67,8 +67,9 @@ pub(super) type Answer = std::result::Result<(Done, Arc<Served>), (ErrorCode, St
 fn wrong_task(clf: &Classifier, want: Want) -> Option<String> {
     let name = &clf.manifest().name;
     match (clf.task(), want) {
-        (Task::Classify, Want::Classify) | (Task::Embed { .. }, Want::Embed) => None,
-        (Task::Classify, Want::Embed) => Some(format!(
+        (Task::Classify | Task::Multilabel { .. }, Want::Classify)
+        | (Task::Embed { .. }, Want::Embed) => None,
+        (Task::Classify | Task::Multilabel { .. }, Want::Embed) => Some(format!(
             "the served model ({name}) is a classifier: send {{\"text\": ...}} without \"op\""
         )),
         (Task::Embed { .. }, Want::Classify) => Some(format!(

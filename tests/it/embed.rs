@@ -67,6 +67,7 @@ pub fn bundle() -> &'static Path {
             task: Some("embed".into()),
             pooling: Some("mean".into()),
             dim: Some(384),
+            threshold: None,
             precision: "fp32".into(),
             labels: Vec::new(),
             max_seq_len: 128,

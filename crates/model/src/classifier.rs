@@ -8,7 +8,7 @@ use crate::bundle::Bundle;
 use crate::engine::{DecodedModel, Engine, ModelFormat, Output};
 use crate::error::{Error, Result};
 use crate::manifest::{check_buckets, Manifest, Task};
-use crate::postprocess::{argmax, l2_normalize, softmax_into};
+use crate::postprocess::{argmax, l2_normalize, over_threshold, sigmoid_into, softmax_into};
 use crate::tokenize::{Scratch, TextTokenizer};
 
 /// Most labels a model may have (the fixed size of [`Outcome::probs`]).
@@ -37,6 +37,10 @@ pub struct Classification {
     pub score: f32,
     /// Probability of every label, in manifest order.
     pub scores: Vec<(String, f32)>,
+    /// `multilabel` models: every label at or over the threshold, in
+    /// manifest order (`label` is then the most likely one, given or not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     /// Raw logits, in manifest order.
     pub logits: Vec<f32>,
     /// Tokens the model saw, special tokens included.
@@ -195,7 +199,7 @@ impl Classifier {
             )));
         }
         let output = match task {
-            Task::Classify => Output::Logits(m.labels.len()),
+            Task::Classify | Task::Multilabel { .. } => Output::Logits(m.labels.len()),
             Task::Embed { dim, pooling } => Output::Pooled { dim, pooling },
         };
         let engine =
@@ -272,7 +276,7 @@ impl Classifier {
     /// this allocates nothing (the serving loop's path). An empty (or all
     /// white-space) text is an error.
     pub fn classify_outcome(&mut self, text: &str) -> Result<Outcome> {
-        if self.task != Task::Classify {
+        if let Task::Embed { .. } = self.task {
             return Err(Error::InvalidArgument(format!(
                 "{} is an embedding model (task {}): it gives vectors, not labels (`edge-bert embed`)",
                 self.manifest.name,
@@ -287,7 +291,10 @@ impl Classifier {
         probs
             .resize(self.logits.len(), 0.0)
             .map_err(|_| Error::Model("too many labels".into()))?;
-        softmax_into(&self.logits, &mut probs);
+        match self.task {
+            Task::Multilabel { .. } => sigmoid_into(&self.logits, &mut probs),
+            _ => softmax_into(&self.logits, &mut probs),
+        }
         let best =
             argmax(&probs).ok_or_else(|| Error::Model("the model produced NaN logits".into()))?;
         Ok(Outcome {
@@ -300,7 +307,21 @@ impl Classifier {
 
     /// Classifies one text. An empty (or all white-space) text is an error.
     pub fn classify(&mut self, text: &str) -> Result<Classification> {
+        self.classify_at(text, None)
+    }
+
+    /// Classifies one text; a `multilabel` model gives the labels at or
+    /// over `threshold` (its manifest's when `None`).
+    pub fn classify_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification> {
         let o = self.classify_outcome(text)?;
+        let labels = match self.task {
+            Task::Multilabel { threshold: own } => Some(
+                over_threshold(&o.probs, threshold.unwrap_or(own))
+                    .map(|i| self.manifest.labels[i].clone())
+                    .collect(),
+            ),
+            _ => None,
+        };
         Ok(Classification {
             label: self.manifest.labels[o.best].clone(),
             score: o.probs[o.best],
@@ -311,10 +332,25 @@ impl Classifier {
                 .cloned()
                 .zip(o.probs.iter().copied())
                 .collect(),
+            labels,
             logits: self.logits.clone(),
             tokens: o.tokens,
             truncated: o.truncated,
         })
+    }
+
+    /// The labels a `multilabel` model gives a text at its own threshold
+    /// (indices, manifest order), with the outcome they came from.
+    pub fn given_labels(&mut self, text: &str) -> Result<(Vec<usize>, Outcome)> {
+        let Task::Multilabel { threshold } = self.task else {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a {} model, not a multi-label one",
+                self.manifest.name,
+                self.task.name()
+            )));
+        };
+        let o = self.classify_outcome(text)?;
+        Ok((over_threshold(&o.probs, threshold).collect(), o))
     }
 
     /// Embeds one text into `out` (`dim` values, unit L2 norm) and returns

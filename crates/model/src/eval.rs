@@ -2,7 +2,10 @@
 //! no model).
 //!
 //! A data file is UTF-8 text, one example per line: `LABEL<TAB>text`, with
-//! the label spelled as in the bundle's manifest.
+//! the label spelled as in the bundle's manifest. For a multi-label model
+//! the line is `LABEL,LABEL,..<TAB>text` (`-` for none), read by
+//! [`read_multilabel_tsv`] and scored by [`LabelCounts`]: per-label
+//! precision, recall and F1, micro and macro F1, exact-set matches.
 
 use std::path::Path;
 
@@ -13,6 +16,20 @@ use crate::error::Error;
 /// Reads and parses a data file; errors name the file and, where there is
 /// one, the line.
 pub fn read_tsv(path: &Path, labels: &[String]) -> Result<Vec<Example>, Error> {
+    read_with(path, |text| parse_tsv(text, labels))
+}
+
+/// Reads and parses a multi-label data file (see [`parse_multilabel_line`]).
+pub fn read_multilabel_tsv(path: &Path, labels: &[String]) -> Result<Vec<LabelSet>, Error> {
+    read_with(path, |text| {
+        parse_lines(text, |l| parse_multilabel_line(l, labels))
+    })
+}
+
+fn read_with<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<Vec<T>, (usize, String)>,
+) -> Result<Vec<T>, Error> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
@@ -22,7 +39,7 @@ pub fn read_tsv(path: &Path, labels: &[String]) -> Result<Vec<Example>, Error> {
             reason: format!("not valid UTF-8 (byte {at})"),
         }
     })?;
-    parse_tsv(&text, labels).map_err(|(line, reason)| {
+    parse(&text).map_err(|(line, reason)| {
         if line == 0 {
             Error::EmptyData {
                 path: path.to_path_buf(),
@@ -66,17 +83,163 @@ pub fn parse_line(line: &str, labels: &[String]) -> Result<Example, String> {
 /// Parses a whole data file; blank lines are skipped. `Err` is
 /// `(line number, reason)` for the first bad line.
 pub fn parse_tsv(text: &str, labels: &[String]) -> Result<Vec<Example>, (usize, String)> {
+    parse_lines(text, |l| parse_line(l, labels))
+}
+
+fn parse_lines<T>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, (usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(parse_line(line, labels).map_err(|r| (i + 1, r))?);
+        out.push(parse(line).map_err(|r| (i + 1, r))?);
     }
     if out.is_empty() {
         return Err((0, "no examples".into()));
     }
     Ok(out)
+}
+
+/// One example of a multi-label data file: the indices of its labels
+/// (manifest order, each once) and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSet {
+    pub labels: Vec<usize>,
+    pub text: String,
+}
+
+/// Parses one multi-label data line, `LABEL,LABEL,..<TAB>text` or
+/// `-<TAB>text` (no label). `Err` is a reason, without the line number.
+pub fn parse_multilabel_line(line: &str, labels: &[String]) -> Result<LabelSet, String> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let (given, text) = line
+        .split_once('\t')
+        .ok_or_else(|| "expected LABEL,LABEL,..<TAB>text (or -<TAB>text)".to_string())?;
+    let mut set = Vec::new();
+    if given != "-" {
+        for name in given.split(',') {
+            let i = labels.iter().position(|l| l == name).ok_or_else(|| {
+                format!("unknown label {name:?} (expected some of {labels:?}, or -)")
+            })?;
+            if set.contains(&i) {
+                return Err(format!("label {name:?} given twice"));
+            }
+            set.push(i);
+        }
+    }
+    if text.trim().is_empty() {
+        return Err("empty text".into());
+    }
+    set.sort_unstable();
+    Ok(LabelSet {
+        labels: set,
+        text: text.to_string(),
+    })
+}
+
+/// Counts for multi-label scoring: true positives, false positives and
+/// false negatives of each label, and texts whose whole set was right.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LabelCounts {
+    tp: Vec<u64>,
+    fp: Vec<u64>,
+    fn_: Vec<u64>,
+    exact: u64,
+    texts: u64,
+}
+
+/// Precision, recall and F1 of one label of a multi-label model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelMetrics {
+    pub label: String,
+    /// Texts that have this label.
+    pub support: u64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// F1 from counts; 0 where undefined.
+fn f1(tp: u64, fp: u64, fn_: u64) -> f64 {
+    ratio(2 * tp, 2 * tp + fp + fn_)
+}
+
+impl LabelCounts {
+    pub fn new(n_labels: usize) -> LabelCounts {
+        LabelCounts {
+            tp: vec![0; n_labels],
+            fp: vec![0; n_labels],
+            fn_: vec![0; n_labels],
+            exact: 0,
+            texts: 0,
+        }
+    }
+
+    /// Adds one text: its true and its predicted label indices (each
+    /// index once; any order).
+    pub fn add(&mut self, truth: &[usize], predicted: &[usize]) {
+        for l in 0..self.tp.len() {
+            match (truth.contains(&l), predicted.contains(&l)) {
+                (true, true) => self.tp[l] += 1,
+                (false, true) => self.fp[l] += 1,
+                (true, false) => self.fn_[l] += 1,
+                (false, false) => {}
+            }
+        }
+        let same = truth.len() == predicted.len() && truth.iter().all(|t| predicted.contains(t));
+        self.exact += same as u64;
+        self.texts += 1;
+    }
+
+    pub fn texts(&self) -> u64 {
+        self.texts
+    }
+
+    /// Share of texts whose predicted set is exactly the true one.
+    pub fn exact_match(&self) -> f64 {
+        ratio(self.exact, self.texts)
+    }
+
+    /// Texts whose predicted set is exactly the true one.
+    pub fn exact(&self) -> u64 {
+        self.exact
+    }
+
+    pub fn per_label(&self, labels: &[String]) -> Vec<LabelMetrics> {
+        (0..self.tp.len())
+            .map(|l| {
+                let (tp, fp, fn_) = (self.tp[l], self.fp[l], self.fn_[l]);
+                LabelMetrics {
+                    label: labels.get(l).cloned().unwrap_or_else(|| l.to_string()),
+                    support: tp + fn_,
+                    precision: ratio(tp, tp + fp),
+                    recall: ratio(tp, tp + fn_),
+                    f1: f1(tp, fp, fn_),
+                }
+            })
+            .collect()
+    }
+
+    /// F1 over all labels' counts pooled.
+    pub fn micro_f1(&self) -> f64 {
+        let sum = |v: &[u64]| v.iter().sum::<u64>();
+        f1(sum(&self.tp), sum(&self.fp), sum(&self.fn_))
+    }
+
+    /// The mean of the labels' F1s.
+    pub fn macro_f1(&self) -> f64 {
+        let n = self.tp.len();
+        if n == 0 {
+            return 0.0;
+        }
+        (0..n)
+            .map(|l| f1(self.tp[l], self.fp[l], self.fn_[l]))
+            .sum::<f64>()
+            / n as f64
+    }
 }
 
 /// A confusion matrix: `counts[truth][predicted]`.
@@ -209,7 +372,78 @@ mod tests {
         assert_eq!(Confusion::new(2).accuracy(), 0.0);
     }
 
+    #[test]
+    fn parses_multilabel_lines() {
+        let l: Vec<String> = vec!["care".into(), "fairness".into(), "loyalty".into()];
+        let e = parse_multilabel_line("loyalty,care\tWe stand together\r", &l).unwrap();
+        assert_eq!(e.labels, [0, 2]);
+        assert_eq!(e.text, "We stand together");
+        assert!(parse_multilabel_line("-\tnothing", &l)
+            .unwrap()
+            .labels
+            .is_empty());
+        assert!(parse_multilabel_line("care,care\tx", &l)
+            .unwrap_err()
+            .contains("twice"));
+        assert!(parse_multilabel_line("care,\tx", &l)
+            .unwrap_err()
+            .contains("unknown label \"\""));
+        assert!(parse_multilabel_line("care\t ", &l)
+            .unwrap_err()
+            .contains("empty"));
+        assert!(parse_multilabel_line("care x", &l)
+            .unwrap_err()
+            .contains("TAB"));
+        let ok = parse_lines("care\ta\n\n-\tb\n", |x| parse_multilabel_line(x, &l)).unwrap();
+        assert_eq!(ok.len(), 2);
+    }
+
+    #[test]
+    fn multilabel_metrics_on_known_counts() {
+        let labels: Vec<String> = vec!["a".into(), "b".into()];
+        let mut c = LabelCounts::new(2);
+        c.add(&[0], &[0]); // a: tp
+        c.add(&[0, 1], &[0]); // a: tp, b: fn
+        c.add(&[], &[1]); // b: fp
+        c.add(&[1], &[1]); // b: tp
+        assert_eq!(c.texts(), 4);
+        assert_eq!(c.exact(), 2);
+        let m = c.per_label(&labels);
+        assert_eq!((m[0].precision, m[0].recall, m[0].f1), (1.0, 1.0, 1.0));
+        assert_eq!(m[0].support, 2);
+        // b: tp 1, fp 1, fn 1.
+        assert!((m[1].precision - 0.5).abs() < 1e-12);
+        assert!((m[1].recall - 0.5).abs() < 1e-12);
+        assert!((m[1].f1 - 0.5).abs() < 1e-12);
+        // Pooled: tp 3, fp 1, fn 1 -> 6 / 8.
+        assert!((c.micro_f1() - 0.75).abs() < 1e-12);
+        assert!((c.macro_f1() - 0.75).abs() < 1e-12);
+        assert_eq!(LabelCounts::new(3).micro_f1(), 0.0);
+    }
+
     proptest! {
+        #[test]
+        fn multilabel_f1_is_one_exactly_when_every_set_is_right(
+            sets in proptest::collection::vec(
+                (proptest::collection::btree_set(0usize..4, 0..4),
+                 proptest::collection::btree_set(0usize..4, 0..4)), 1..20)
+        ) {
+            let mut c = LabelCounts::new(4);
+            for (t, p) in &sets {
+                let t: Vec<usize> = t.iter().copied().collect();
+                let p: Vec<usize> = p.iter().copied().collect();
+                c.add(&t, &p);
+            }
+            let all_right = sets.iter().all(|(t, p)| t == p);
+            let any_positive = sets.iter().any(|(t, p)| !t.is_empty() || !p.is_empty());
+            prop_assert_eq!(c.exact() == c.texts(), all_right);
+            if any_positive {
+                prop_assert_eq!(c.micro_f1() == 1.0, all_right);
+            }
+            prop_assert!((0.0..=1.0).contains(&c.micro_f1()));
+            prop_assert!((0.0..=1.0).contains(&c.macro_f1()));
+        }
+
         #[test]
         fn well_formed_lines_round_trip(label in 0usize..2, text in "[^\t\r\n]*[a-z][^\t\r\n]*") {
             let l = labels();

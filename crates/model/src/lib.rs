@@ -44,12 +44,14 @@
 //! - `weights`: one copy of each weight across the bucket plans.
 //! - [`engine`]: tract plans and states, one per length bucket, with the
 //!   kernels installed.
-//! - `postprocess`: softmax and arg-max over logits, pooling and
-//!   normalising token vectors (pure).
-//! - `classifier`: text in, [`Classification`] (or, for an `embed`
-//!   bundle, [`Embedding`]) out.
-//! - [`eval`]: labelled TSV files and accuracy metrics (pure, but for
-//!   `read_tsv`).
+//! - [`postprocess`]: softmax, per-label sigmoid and arg-max over logits,
+//!   pooling and normalising token vectors, cosine (pure).
+//! - `classifier`: text in, [`Classification`] (for a `multilabel`
+//!   bundle with the labels over its threshold; for an `embed` bundle,
+//!   [`Embedding`]) out.
+//! - [`eval`]: labelled TSV files (one label, or a set of them) and their
+//!   metrics: accuracy, per-label F1, micro and macro F1 (pure, but for
+//!   the `read_*` functions).
 
 pub mod alloc_probe;
 pub mod bundle;
@@ -60,7 +62,7 @@ mod error;
 pub mod eval;
 pub mod manifest;
 pub mod memory;
-mod postprocess;
+pub mod postprocess;
 pub mod rows;
 pub mod selftest;
 pub mod signing;

@@ -25,8 +25,9 @@ pub struct Manifest {
     pub format_version: u32,
     pub name: String,
     /// What the model does: absent, `classify` or `text-classification`
-    /// (softmax over `labels`), or `embed` (one vector per text, see
-    /// `pooling` and `dim`). See [`Manifest::task_kind`].
+    /// (softmax over `labels`), `multilabel` (a sigmoid per label, see
+    /// `threshold`), or `embed` (one vector per text, see `pooling` and
+    /// `dim`). See [`Manifest::task_kind`].
     #[serde(default)]
     pub task: Option<String>,
     /// `embed` bundles: how the token vectors of `output` (`[1, len, dim]`)
@@ -37,6 +38,10 @@ pub struct Manifest {
     /// `embed` bundles: the width of the embedding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dim: Option<usize>,
+    /// `multilabel` bundles: the probability at which a label is given
+    /// (default [`DEFAULT_THRESHOLD`]); a request may set its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
     /// `fp32` or `int8`; informational, the graph is the truth.
     pub precision: String,
     /// Class names, in logit order.
@@ -92,11 +97,23 @@ impl Pooling {
     }
 }
 
+/// The `threshold` of a `multilabel` bundle that does not set one.
+pub const DEFAULT_THRESHOLD: f32 = 0.5;
+
+/// Whether `t` may be a `multilabel` threshold: a probability strictly
+/// between 0 and 1.
+pub fn valid_threshold(t: f32) -> bool {
+    t > 0.0 && t < 1.0
+}
+
 /// What a bundle's model does, from the manifest's `task`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Task {
     /// Logits over `labels`, answered with a softmax.
     Classify,
+    /// Logits over `labels`, each answered with its own sigmoid; the labels
+    /// at or over `threshold` are given.
+    Multilabel { threshold: f32 },
     /// One L2-normalised vector of `dim` values per text.
     Embed { dim: usize, pooling: Pooling },
 }
@@ -106,6 +123,7 @@ impl Task {
     pub fn name(&self) -> &'static str {
         match self {
             Task::Classify => "classify",
+            Task::Multilabel { .. } => "multilabel",
             Task::Embed { .. } => "embed",
         }
     }
@@ -113,7 +131,7 @@ impl Task {
     /// The values in one vector: `dim` for `embed`, 0 otherwise.
     pub fn dim(&self) -> usize {
         match self {
-            Task::Classify => 0,
+            Task::Classify | Task::Multilabel { .. } => 0,
             Task::Embed { dim, .. } => *dim,
         }
     }
@@ -152,6 +170,15 @@ impl Manifest {
     pub fn task_kind(&self) -> Result<Task, String> {
         match self.task.as_deref() {
             None | Some("classify" | "text-classification") => Ok(Task::Classify),
+            Some("multilabel" | "multi-label") => {
+                let threshold = self.threshold.unwrap_or(DEFAULT_THRESHOLD);
+                if !valid_threshold(threshold) {
+                    return Err(format!(
+                        "threshold {threshold} is not a probability strictly between 0 and 1"
+                    ));
+                }
+                Ok(Task::Multilabel { threshold })
+            }
             Some("embed") => {
                 let dim = self
                     .dim
@@ -169,7 +196,7 @@ impl Manifest {
                 Ok(Task::Embed { dim, pooling })
             }
             Some(other) => Err(format!(
-                "task {other:?} is not supported by this runtime (it serves classify and embed)"
+                "task {other:?} is not supported by this runtime (it serves classify, multilabel and embed)"
             )),
         }
     }
@@ -185,6 +212,9 @@ impl Manifest {
         match self.task_kind()? {
             Task::Classify if self.labels.len() < 2 => {
                 return Err("at least two labels are needed".into());
+            }
+            Task::Multilabel { .. } if self.labels.is_empty() => {
+                return Err("a multilabel bundle needs at least one label".into());
             }
             Task::Embed { .. } if !self.labels.is_empty() => {
                 return Err("an embed bundle has no labels".into());
@@ -287,6 +317,7 @@ mod tests {
             task: None,
             pooling: None,
             dim: None,
+            threshold: None,
             precision: "fp32".into(),
             labels: vec!["NEGATIVE".into(), "POSITIVE".into()],
             max_seq_len: 32,
@@ -383,6 +414,35 @@ mod tests {
         assert!(m.validate().unwrap_err().contains("not supported"));
         m.task = Some("text-classification".into());
         assert_eq!(m.task_kind(), Ok(Task::Classify));
+    }
+
+    #[test]
+    fn multilabel_tasks() {
+        let mut m = sample();
+        m.task = Some("multilabel".into());
+        assert_eq!(
+            m.task_kind(),
+            Ok(Task::Multilabel {
+                threshold: DEFAULT_THRESHOLD
+            })
+        );
+        m.threshold = Some(0.3);
+        assert_eq!(m.task_kind(), Ok(Task::Multilabel { threshold: 0.3 }));
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(Manifest::parse(&text).unwrap().threshold, Some(0.3));
+        // One label is enough (a single yes/no tag); none is not.
+        m.labels.truncate(1);
+        assert!(m.validate().is_ok());
+        m.labels.clear();
+        assert!(m.validate().unwrap_err().contains("at least one label"));
+        m.labels.push("a".into());
+        for bad in [0.0, 1.0, -0.5, 2.0, f32::NAN] {
+            m.threshold = Some(bad);
+            assert!(
+                m.validate().unwrap_err().contains("threshold"),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Turning logits into a label and probabilities, and token vectors into
+//! Turning logits into a label and probabilities (softmax, or a sigmoid
+//! per label), and token vectors into
 //! one embedding (pure).
 
 use crate::manifest::Pooling;
@@ -66,6 +67,25 @@ pub fn softmax_into(logits: &[f32], out: &mut [f32]) {
     }
 }
 
+/// A logistic sigmoid of each of `logits` into `out` (same length): the
+/// independent probability of each label of a multi-label model.
+pub fn sigmoid_into(logits: &[f32], out: &mut [f32]) {
+    assert_eq!(logits.len(), out.len(), "sigmoid: length mismatch");
+    for (o, &l) in out.iter_mut().zip(logits) {
+        // exp of a large positive value overflows to inf, giving 0: right.
+        *o = 1.0 / (1.0 + (-l).exp());
+    }
+}
+
+/// Whether label `i` of `probs` is given at `threshold` (at or over it).
+pub fn over_threshold(probs: &[f32], threshold: f32) -> impl Iterator<Item = usize> + '_ {
+    probs
+        .iter()
+        .enumerate()
+        .filter(move |(_, &p)| p >= threshold)
+        .map(|(i, _)| i)
+}
+
 /// Index of the largest value; the first one on ties. `None` when empty or
 /// when a value is NaN.
 pub fn argmax(values: &[f32]) -> Option<usize> {
@@ -104,6 +124,19 @@ mod tests {
         // Large logits do not overflow.
         softmax_into(&[1000.0, 0.0], &mut p);
         assert_eq!(p, [1.0, 0.0]);
+    }
+
+    #[test]
+    fn sigmoid_known_values() {
+        let mut p = [0.0; 4];
+        sigmoid_into(&[0.0, 2.0, -1000.0, 1000.0], &mut p);
+        assert_eq!(p[0], 0.5);
+        assert!((p[1] - 0.880_797).abs() < 1e-6);
+        assert_eq!(p[2], 0.0);
+        assert_eq!(p[3], 1.0);
+        let given: Vec<usize> = over_threshold(&p, 0.5).collect();
+        assert_eq!(given, [0, 1, 3]);
+        assert_eq!(over_threshold(&p, 0.9).count(), 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::manifest::Task;
 use crate::Classifier;
 
 /// The self-test's file name in a bundle.
@@ -66,7 +67,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Case>> {
 pub fn run(clf: &mut Classifier, cases: &[Case]) -> Result<f32> {
     let mut worst = 0.0f32;
     for (i, case) in cases.iter().enumerate() {
-        if clf.task().dim() > 0 {
+        if matches!(clf.task(), Task::Embed { .. }) {
             let Some(want) = &case.vector else {
                 return Err(Error::Model(format!(
                     "self-test case {}: no vector for an embedding model",
@@ -121,7 +122,7 @@ pub fn run(clf: &mut Classifier, cases: &[Case]) -> Result<f32> {
 pub fn make(clf: &mut Classifier, texts: &[&str]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for text in texts {
-        let case = if clf.task().dim() > 0 {
+        let case = if matches!(clf.task(), Task::Embed { .. }) {
             Case {
                 text: text.to_string(),
                 probs: Vec::new(),

@@ -39,15 +39,18 @@ pub enum ErrorCode {
     /// A model reload was refused or failed; the old model keeps serving.
     ReloadFailed,
     /// The request asks for what the served model does not do (`embed` on
-    /// a classifier, a text to classify on an embedding model).
+    /// a classifier, a text to classify on an embedding model, a
+    /// `threshold` for a model that is not multi-label).
     WrongTask,
     /// An `embed` request's `format` is not `"f32"` or `"int8"`.
     BadFormat,
+    /// A request's `threshold` is not a number strictly between 0 and 1.
+    BadThreshold,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidUtf8,
         ErrorCode::MalformedJson,
         ErrorCode::NotAnObject,
@@ -67,6 +70,7 @@ impl ErrorCode {
         ErrorCode::ReloadFailed,
         ErrorCode::WrongTask,
         ErrorCode::BadFormat,
+        ErrorCode::BadThreshold,
     ];
 
     /// The code as sent on the wire.
@@ -91,6 +95,7 @@ impl ErrorCode {
             ErrorCode::ReloadFailed => "reload_failed",
             ErrorCode::WrongTask => "wrong_task",
             ErrorCode::BadFormat => "bad_format",
+            ErrorCode::BadThreshold => "bad_threshold",
         }
     }
 

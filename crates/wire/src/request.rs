@@ -31,11 +31,13 @@ pub enum Request {
     Classify {
         id: serde_json::Value,
         text: String,
+        threshold: Option<f32>,
     },
     /// `{"id": .., "texts": [..]}`: several texts, one response with `results`.
     ClassifyMany {
         id: serde_json::Value,
         texts: Vec<String>,
+        threshold: Option<f32>,
     },
     Op {
         id: serde_json::Value,
@@ -75,13 +77,16 @@ fn refuse(id: Option<&RawValue>, code: ErrorCode, message: impl Into<String>) ->
 /// [`decode`]. Decoding copies and allocates nothing.
 #[derive(Debug, Clone, Copy)]
 pub enum Req<'a> {
-    /// `{"id": .., "text": ..}`: one text, [`Texts::get`]`(0)`.
+    /// `{"id": .., "text": ..}`: one text, [`Texts::get`]`(0)`. A
+    /// `"threshold"` (multi-label models) replaces the model's own.
     Classify {
         id: Option<&'a RawValue>,
+        threshold: Option<f32>,
     },
     /// `{"id": .., "texts": [..]}`: every text in [`Texts`].
     ClassifyMany {
         id: Option<&'a RawValue>,
+        threshold: Option<f32>,
     },
     Op {
         id: Option<&'a RawValue>,
@@ -101,8 +106,8 @@ impl Req<'_> {
     /// The request's id, as sent.
     pub fn id(&self) -> Option<&RawValue> {
         match *self {
-            Req::Classify { id }
-            | Req::ClassifyMany { id }
+            Req::Classify { id, .. }
+            | Req::ClassifyMany { id, .. }
             | Req::Op { id, .. }
             | Req::Embed { id, .. } => id,
         }
@@ -192,6 +197,8 @@ struct WireRequest<'a> {
     texts: Option<&'a RawValue>,
     #[serde(borrow, default)]
     format: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    threshold: Option<&'a RawValue>,
 }
 
 /// The id as an owned value, for error responses.
@@ -273,9 +280,31 @@ fn text_request<'a>(
     let many = read_texts(id, wire.texts, wire.text, texts)?;
     Ok(match embed {
         Some(format) => Req::Embed { id, many, format },
-        None if many => Req::ClassifyMany { id },
-        None => Req::Classify { id },
+        None => {
+            let threshold = wire.threshold.map(|t| threshold(id, t)).transpose()?;
+            match many {
+                true => Req::ClassifyMany { id, threshold },
+                false => Req::Classify { id, threshold },
+            }
+        }
     })
+}
+
+/// A request's `threshold`: a JSON number strictly between 0 and 1.
+fn threshold(id: Option<&RawValue>, raw: &RawValue) -> Result<f32, Refusal> {
+    // A JSON number's text is one that Rust's float parser reads; a string
+    // or `null` is not.
+    match raw.get().parse::<f32>() {
+        Ok(t) if t > 0.0 && t < 1.0 => Ok(t),
+        _ => Err(refuse(
+            id,
+            ErrorCode::BadThreshold,
+            format!(
+                "threshold {} is not a number strictly between 0 and 1",
+                raw.get()
+            ),
+        )),
+    }
 }
 
 /// An `embed` request's `format`: absent or `"f32"`, or `"int8"`.
@@ -419,13 +448,15 @@ fn unescape_append(raw: &RawValue, out: &mut String) -> Result<(), InvalidString
 pub fn decode_request(line: &[u8]) -> Result<Request, Refusal> {
     let mut texts = Texts::default();
     Ok(match decode(line, &mut texts)? {
-        Req::Classify { id } => Request::Classify {
+        Req::Classify { id, threshold } => Request::Classify {
             id: owned_id(id),
             text: texts.get(0).to_string(),
+            threshold,
         },
-        Req::ClassifyMany { id } => Request::ClassifyMany {
+        Req::ClassifyMany { id, threshold } => Request::ClassifyMany {
             id: owned_id(id),
             texts: texts.iter().map(str::to_string).collect(),
+            threshold,
         },
         Req::Op { id, op } => Request::Op {
             id: owned_id(id),
@@ -447,12 +478,52 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn thresholds() {
+        assert_eq!(
+            decode_request(br#"{"id": 1, "text": "a", "threshold": 0.25}"#).unwrap(),
+            Request::Classify {
+                id: json!(1),
+                text: "a".into(),
+                threshold: Some(0.25)
+            }
+        );
+        assert_eq!(
+            decode_request(br#"{"texts": ["a", "b"], "threshold": 5e-1}"#).unwrap(),
+            Request::ClassifyMany {
+                id: json!(null),
+                texts: vec!["a".into(), "b".into()],
+                threshold: Some(0.5)
+            }
+        );
+        for bad in ["0", "1", "-0.1", "1.5", "\"0.5\"", "[0.5]", "{}", "true"] {
+            let line = format!(r#"{{"id": 9, "text": "a", "threshold": {bad}}}"#);
+            let r = decode_request(line.as_bytes()).unwrap_err();
+            assert_eq!(r.code, ErrorCode::BadThreshold, "{bad}");
+            assert_eq!(r.id.unwrap().get(), "9");
+            assert!(r.message.contains(bad), "{}", r.message);
+        }
+        // null is no threshold (as for every optional field).
+        let r = decode_request(br#"{"text": "a", "threshold": null}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::Classify {
+                threshold: None,
+                ..
+            }
+        ));
+        // NaN and infinity are not JSON: the line is malformed.
+        let r = decode_request(br#"{"text": "a", "threshold": NaN}"#).unwrap_err();
+        assert_eq!(r.code, ErrorCode::MalformedJson);
+    }
+
+    #[test]
     fn decodes_requests_and_refusals() {
         assert_eq!(
             decode_request(br#"{"id": 7, "text": "great"}"#).unwrap(),
             Request::Classify {
                 id: json!(7),
-                text: "great".into()
+                text: "great".into(),
+                threshold: None
             }
         );
         assert_eq!(
@@ -501,7 +572,8 @@ mod tests {
             decode_request(br#"{"id": 1, "texts": ["a", "b"]}"#).unwrap(),
             Request::ClassifyMany {
                 id: json!(1),
-                texts: vec!["a".into(), "b".into()]
+                texts: vec!["a".into(), "b".into()],
+                threshold: None
             }
         );
         assert_eq!(code(br#"{"texts": []}"#), ErrorCode::MissingText);
@@ -530,7 +602,8 @@ mod tests {
             decode_request(br#"{"text": "caf\u00e9 \"ok\" \ud83c\udfac"}"#).unwrap(),
             Request::Classify {
                 id: json!(null),
-                text: "café \"ok\" 🎬".into()
+                text: "café \"ok\" 🎬".into(),
+                threshold: None
             }
         );
         let code = |l: &[u8]| decode_request(l).unwrap_err().code;
@@ -578,7 +651,7 @@ mod tests {
             let line = serde_json::to_vec(&serde_json::json!({"id": id, "text": text})).unwrap();
             prop_assert_eq!(
                 decode_request(&line).unwrap(),
-                Request::Classify { id: serde_json::json!(id), text }
+                Request::Classify { id: serde_json::json!(id), text, threshold: None }
             );
         }
     }

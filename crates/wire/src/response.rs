@@ -19,14 +19,31 @@ pub fn label_tokens(labels: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Writes the fields of an outcome: `"label":..,"score":..,"scores":{..},
-/// "tokens":..,"truncated":..` (no braces). `labels` come from
-/// [`label_tokens`]. Allocates nothing once `out` has the capacity.
+/// Writes the fields of an outcome: `"label":..,"score":..,` then, for a
+/// multi-label model (`threshold` given), `"labels":[..],"threshold":..,`,
+/// then `"scores":{..},"tokens":..,"truncated":..` (no braces). `labels`
+/// come from [`label_tokens`]. Allocates nothing once `out` has the
+/// capacity.
 pub fn write_outcome(out: &mut Vec<u8>, o: &Scored<'_>, labels: &[String]) {
     use std::io::Write;
     out.extend_from_slice(b"\"label\":");
     out.extend_from_slice(labels[o.best].as_bytes());
-    let _ = write!(out, ",\"score\":{},\"scores\":{{", o.probs[o.best]);
+    let _ = write!(out, ",\"score\":{},", o.probs[o.best]);
+    if let Some(t) = o.threshold {
+        out.extend_from_slice(b"\"labels\":[");
+        let mut first = true;
+        for (l, &p) in labels.iter().zip(o.probs) {
+            if p >= t {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(l.as_bytes());
+            }
+        }
+        let _ = write!(out, "],\"threshold\":{t},");
+    }
+    out.extend_from_slice(b"\"scores\":{");
     for (i, (l, p)) in labels.iter().zip(o.probs).enumerate() {
         if i > 0 {
             out.push(b',');
@@ -218,6 +235,9 @@ pub struct Scored<'a> {
     /// The model that answered, as a JSON string token (`"name@version"`),
     /// written as `"model"` when given.
     pub model: Option<&'a str>,
+    /// A multi-label model's threshold: the labels at or over it are
+    /// written as `"labels"`.
+    pub threshold: Option<f32>,
 }
 
 /// A classification read back from a response line by a client.
@@ -227,6 +247,8 @@ pub struct Answer {
     pub score: f32,
     /// Every label's probability, in the order the server sent them.
     pub scores: Vec<(String, f32)>,
+    /// A multi-label model's answer: the labels at or over its threshold.
+    pub labels: Option<Vec<String>>,
     pub tokens: usize,
     pub truncated: bool,
 }
@@ -266,6 +288,20 @@ pub fn decode_answer(v: &serde_json::Value, id: u64) -> Result<Answer, ReplyErro
             ))
         })
         .collect::<Result<Vec<_>, ReplyError>>()?;
+    let labels = match v.get("labels") {
+        None => None,
+        Some(l) => Some(
+            l.as_array()
+                .ok_or_else(|| bad("labels not an array"))?
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad("bad labels"))
+                })
+                .collect::<Result<Vec<_>, ReplyError>>()?,
+        ),
+    };
     Ok(Answer {
         label: v["label"]
             .as_str()
@@ -273,6 +309,7 @@ pub fn decode_answer(v: &serde_json::Value, id: u64) -> Result<Answer, ReplyErro
             .to_string(),
         score: v["score"].as_f64().ok_or_else(|| bad("no score"))? as f32,
         scores,
+        labels,
         tokens: v["tokens"].as_u64().ok_or_else(|| bad("no tokens"))? as usize,
         truncated: v["truncated"]
             .as_bool()
@@ -295,11 +332,12 @@ mod tests {
             tokens: 12,
             truncated: false,
             model: None,
+            threshold: None,
         };
         let mut out = Vec::with_capacity(512);
         let mut texts = Texts::default();
         let line = br#"{"id": {"a": [1, 2]}, "text": "x"}"#;
-        let Req::Classify { id } = decode(line, &mut texts).unwrap() else {
+        let Req::Classify { id, .. } = decode(line, &mut texts).unwrap() else {
             panic!()
         };
         write_classification(&mut out, id, &o, &labels);
@@ -321,11 +359,61 @@ mod tests {
         out.clear();
         let named = Scored {
             model: Some(r#""sentiment@3""#),
+            threshold: None,
             ..o
         };
         write_classification(&mut out, None, &named, &labels);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "sentiment@3");
+    }
+
+    #[test]
+    fn multilabel_answers_list_the_labels_over_the_threshold() {
+        let labels = label_tokens(&["care".into(), "fair\"ness".into(), "loyalty".into()]);
+        let o = Scored {
+            best: 2,
+            probs: &[0.5, 0.1, 0.9],
+            tokens: 5,
+            truncated: false,
+            model: None,
+            threshold: Some(0.5),
+        };
+        let mut out = Vec::new();
+        write_classification(&mut out, None, &o, &labels);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["labels"], json!(["care", "loyalty"]));
+        assert_eq!(v["threshold"], json!(0.5));
+        assert_eq!(v["label"], "loyalty");
+        let mut out = Vec::new();
+        let id = serde_json::from_str::<&RawValue>("3").unwrap();
+        write_classification(
+            &mut out,
+            Some(id),
+            &Scored {
+                threshold: Some(0.95),
+                ..o
+            },
+            &labels,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["labels"], json!([]));
+        let a = decode_answer(&v, 3).unwrap();
+        assert_eq!(a.labels, Some(vec![]));
+        let mut out = Vec::new();
+        write_classification(
+            &mut out,
+            Some(id),
+            &Scored {
+                threshold: Some(0.05),
+                ..o
+            },
+            &labels,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            decode_answer(&v, 3).unwrap().labels.unwrap(),
+            ["care", "fair\"ness", "loyalty"]
+        );
     }
 
     #[test]
@@ -337,6 +425,7 @@ mod tests {
             tokens: 3,
             truncated: true,
             model: None,
+            threshold: None,
         };
         let mut out = Vec::new();
         let id = serde_json::from_str::<&RawValue>("41").unwrap();
@@ -344,6 +433,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let a = decode_answer(&v, 41).unwrap();
         assert_eq!(a.label, "NEG");
+        assert_eq!(a.labels, None);
         assert_eq!(a.scores, vec![("NEG".into(), 0.5), ("POS".into(), 0.5)]);
         assert!(a.truncated);
         assert!(matches!(

@@ -15,7 +15,7 @@ use tract_onnx::pb::{
     StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use super::{assert_fails, models, quantize, root, stderr};
+use super::{assert_fails, models, quantize, report, root, stderr};
 
 /// The model file, fetched (once) by models/paraphrase/fetch.sh.
 fn paraphrase() -> PathBuf {
@@ -593,4 +593,121 @@ fn a_one_logit_sigmoid_head_gives_two_label_probabilities() {
             y.logits
         );
     }
+}
+
+/// `--task multilabel`: the tiny model's two logits as two independent
+/// labels, with its nodes' names cleared (a hand-built head has none); the
+/// int8 quantiser names them, quantises, and reports F1s on a multi-label
+/// file.
+#[test]
+fn a_multilabel_bundle_imports_quantises_and_reports_f1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = tiny_proto();
+    for n in &mut m.graph.as_mut().unwrap().node {
+        n.name.clear();
+    }
+    let onnx = write_model(&tmp.path().join("export"), &m);
+    let fp32 = tmp.path().join("ml");
+    let base = [
+        "--onnx",
+        path(&onnx),
+        "--tokenizer",
+        &tiny_tokenizer(),
+        "--max-len",
+        "32",
+        "--labels",
+        "dull,fine",
+        "--output",
+        path(&fp32),
+    ]
+    .map(String::from)
+    .to_vec();
+    let with = |extra: &[&str]| {
+        let mut v = base.clone();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        import(&v.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    assert_fails(
+        &with(&["--task", "multilabel", "--threshold", "1.5"]),
+        2,
+        "strictly between 0 and 1",
+    );
+    assert_fails(
+        &with(&["--task", "classify", "--threshold", "0.4"]),
+        2,
+        "--threshold is for --task multilabel",
+    );
+    let o = with(&["--task", "multilabel", "--threshold", "0.4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut c = Classifier::from_dir(&fp32).unwrap();
+    let r = c.classify("a fine film").unwrap();
+    // Independent sigmoids: the two probabilities need not sum to 1, and
+    // `labels` holds those at or over 0.4.
+    let given = r.labels.clone().unwrap();
+    for (l, p) in &r.scores {
+        assert_eq!(given.contains(l), *p >= 0.4, "{r:?}");
+        assert!(*p > 0.0 && *p < 1.0);
+    }
+    let logits = &r.logits;
+    let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+    assert!((r.scores[0].1 - sigmoid(logits[0])).abs() < 1e-6);
+
+    let data = tmp.path().join("ml.tsv");
+    std::fs::write(
+        &data,
+        "fine\ta fine film\n-\tx\ndull,fine\tdull and long\ndull\twhat a waste\n",
+    )
+    .unwrap();
+    let int8 = tmp.path().join("ml-int8");
+    let rep = tmp.path().join("r.json");
+    let o = quantize(&[
+        "--input",
+        path(&fp32),
+        "--output",
+        path(&int8),
+        "--eval",
+        path(&data),
+        "--report",
+        path(&rep),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = &report(&rep)["eval"];
+    assert_eq!(e["examples"], 4, "{e}");
+    for k in [
+        "fp32_micro_f1",
+        "int8_micro_f1",
+        "fp32_macro_f1",
+        "agreement",
+    ] {
+        let v = e[k].as_f64().unwrap_or_else(|| panic!("{k} in {e}"));
+        assert!((0.0..=100.0).contains(&v), "{k} {v}");
+    }
+    assert_eq!(e["int8_per_label"].as_array().unwrap().len(), 2);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(int8.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["task"], "multilabel");
+    assert_eq!(m["threshold"].as_f64().unwrap() as f32, 0.4);
+    // A classify file's single labels are fine too, an unknown one is not.
+    std::fs::write(&data, "meh\tx\n").unwrap();
+    let o = quantize(&[
+        "--input",
+        path(&fp32),
+        "--output",
+        path(&tmp.path().join("bad")),
+        "--eval",
+        path(&data),
+    ]);
+    assert_fails(&o, 4, "unknown label \"meh\"");
+    // The accuracy bounds are for single-label classifiers.
+    let o = quantize(&[
+        "--input",
+        path(&fp32),
+        "--output",
+        path(&tmp.path().join("bad2")),
+        "--eval",
+        path(&data),
+        "--max-accuracy-drop",
+        "1",
+    ]);
+    assert_fails(&o, 2, "multilabel");
 }
