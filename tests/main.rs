@@ -13,6 +13,8 @@ mod deploy;
 mod embed;
 #[path = "it/golden.rs"]
 mod golden;
+#[path = "it/multilabel.rs"]
+mod multilabel;
 #[path = "it/reliability.rs"]
 mod reliability;
 #[path = "it/reload.rs"]

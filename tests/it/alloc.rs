@@ -238,6 +238,31 @@ fn serving_embed_requests_allocates_nothing() {
     report("embed requests", lines.len() - warm, counts);
 }
 
+#[test]
+fn serving_multilabel_requests_allocates_nothing() {
+    let mut clf = Classifier::from_dir(crate::multilabel::bundle()).unwrap();
+    server::warm_up(&mut clf).unwrap();
+    let texts: Vec<String> = crate::multilabel::references()
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
+    let mut lines = Vec::new();
+    for round in 0..3 {
+        for (i, t) in texts.iter().enumerate() {
+            let id = round * 1000 + i;
+            lines.push(to_line(match i % 5 {
+                0 => serde_json::json!({"id": id, "texts": [t, "naïve café 🎬", t], "threshold": 0.2}),
+                1 => serde_json::json!({"id": id, "text": t, "threshold": 0.9}),
+                2 => serde_json::json!({"id": {"n": id}, "text": t, "threshold": 1e-3}),
+                _ => serde_json::json!({"id": id, "text": t}),
+            }));
+        }
+    }
+    let warm = texts.len();
+    let counts = count_serving(clf, &lines, warm, "\"labels\"");
+    report("multilabel requests", lines.len() - warm, counts);
+}
+
 /// `Classifier::embed_into` on a real embedding model (paraphrase-MiniLM-L3-v2,
 /// see `embed.rs`): after two passes of warm-up, texts of every length cost
 /// no allocation outside tract's plan run.
