@@ -537,6 +537,28 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
         }
     }
 
+    // A Hugging Face export says how its head was trained: softmax over a
+    // multi-label head gives wrong answers with no sign of it.
+    let problem = config
+        .as_ref()
+        .and_then(|c| c.get("problem_type"))
+        .and_then(|v| v.as_str());
+    match (problem, a.task) {
+        (Some("multi_label_classification"), ImportTask::Classify) => {
+            return Err(Failure(
+                2,
+                "config.json says problem_type multi_label_classification: import it with --task multilabel (a softmax over its labels would answer wrong)".into(),
+            ));
+        }
+        (Some("single_label_classification"), ImportTask::Multilabel) => {
+            return Err(Failure(
+                2,
+                "config.json says problem_type single_label_classification: import it with --task classify (its labels are exclusive)".into(),
+            ));
+        }
+        _ => {}
+    }
+
     let mut model =
         graph::decode(&onnx_bytes).map_err(|e| bad(format!("--onnx {}: {e}", a.onnx.display())))?;
     drop(onnx_bytes);

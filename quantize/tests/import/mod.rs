@@ -687,6 +687,22 @@ fn a_multilabel_bundle_imports_quantises_and_reports_f1() {
         serde_json::from_slice(&std::fs::read(int8.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["task"], "multilabel");
     assert_eq!(m["threshold"].as_f64().unwrap() as f32, 0.4);
+    // An export whose config.json names its problem type is imported as
+    // that task only.
+    let cfg = onnx.parent().unwrap().join("config.json");
+    std::fs::write(&cfg, r#"{"problem_type": "multi_label_classification"}"#).unwrap();
+    assert_fails(
+        &with(&["--task", "classify", "--force"]),
+        2,
+        "--task multilabel",
+    );
+    std::fs::write(&cfg, r#"{"problem_type": "single_label_classification"}"#).unwrap();
+    assert_fails(
+        &with(&["--task", "multilabel", "--force"]),
+        2,
+        "--task classify",
+    );
+    std::fs::remove_file(&cfg).unwrap();
     // A classify file's single labels are fine too, an unknown one is not.
     std::fs::write(&data, "meh\tx\n").unwrap();
     let o = quantize(&[
