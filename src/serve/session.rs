@@ -224,6 +224,15 @@ fn error(shared: &Shared, out: &mut Vec<u8>, code: ErrorCode, message: &str) {
     out.extend_from_slice(encode_error(None, code, message).as_bytes());
 }
 
+/// What a classify request wants: labels, with or without its own
+/// threshold (the worker refuses one for a single-label model, before
+/// running it, as `wrong_task`).
+fn classify(threshold: Option<f32>) -> Want {
+    Want::Classify {
+        threshold: threshold.is_some(),
+    }
+}
+
 /// `threshold`: the request's own, which replaces a multi-label model's.
 fn scored<'a>(o: &'a Outcome, served: &'a Served, threshold: Option<f32>) -> Scored<'a> {
     Scored {
@@ -264,8 +273,8 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool,
     }
     let (id, many, want, int8, threshold) = match req {
         Req::Op { id, op } => return respond_op(shared, id, op, out, control),
-        Req::Classify { id, threshold } => (id, false, Want::Classify, false, threshold),
-        Req::ClassifyMany { id, threshold } => (id, true, Want::Classify, false, threshold),
+        Req::Classify { id, threshold } => (id, false, classify(threshold), false, threshold),
+        Req::ClassifyMany { id, threshold } => (id, true, classify(threshold), false, threshold),
         Req::Embed { id, many, format } => {
             (id, many, Want::Embed, format == VectorFormat::Int8, None)
         }
@@ -293,12 +302,6 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool,
             out.push(b'{');
         }
         match done {
-            Done::Classified(_) if threshold.is_some() && served.threshold.is_none() => {
-                shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                let msg =
-                    "\"threshold\" is for multi-label models; the served model gives one label";
-                return failed(out, id, ErrorCode::WrongTask, msg);
-            }
             Done::Classified(o) => {
                 write_outcome(out, &scored(&o, &served, threshold), &served.labels)
             }

@@ -39,7 +39,10 @@ pub(crate) enum Job {
 /// What a request wants of a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Want {
-    Classify,
+    /// Labels; `threshold`: the request sent its own (multi-label only).
+    Classify {
+        threshold: bool,
+    },
     Embed,
 }
 
@@ -67,12 +70,15 @@ pub(super) type Answer = std::result::Result<(Done, Arc<Served>), (ErrorCode, St
 fn wrong_task(clf: &Classifier, want: Want) -> Option<String> {
     let name = &clf.manifest().name;
     match (clf.task(), want) {
-        (Task::Classify | Task::Multilabel { .. }, Want::Classify)
+        (Task::Classify, Want::Classify { threshold: true }) => Some(format!(
+            "\"threshold\" is for multi-label models; the served model ({name}) gives one label"
+        )),
+        (Task::Classify | Task::Multilabel { .. }, Want::Classify { .. })
         | (Task::Embed { .. }, Want::Embed) => None,
         (Task::Classify | Task::Multilabel { .. }, Want::Embed) => Some(format!(
             "the served model ({name}) is a classifier: send {{\"text\": ...}} without \"op\""
         )),
-        (Task::Embed { .. }, Want::Classify) => Some(format!(
+        (Task::Embed { .. }, Want::Classify { .. }) => Some(format!(
             "the served model ({name}) is an embedding model: send {{\"op\": \"embed\", \"text\": ...}}"
         )),
     }
@@ -82,7 +88,7 @@ fn wrong_task(clf: &Classifier, want: Want) -> Option<String> {
 /// to the model's dimension, which allocates only past its capacity).
 fn run(clf: &mut Classifier, text: &str, vector: &mut Vec<f32>, want: Want) -> Result<Done> {
     match want {
-        Want::Classify => clf.classify_outcome(text).map(Done::Classified),
+        Want::Classify { .. } => clf.classify_outcome(text).map(Done::Classified),
         Want::Embed => {
             vector.resize(clf.task().dim(), 0.0);
             let (tokens, truncated) = clf.embed_into(text, vector)?;
