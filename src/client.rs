@@ -76,13 +76,21 @@ impl Client {
     pub fn classify_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification> {
         self.next_id += 1;
         let id = self.next_id;
-        let mut req = json!({ "id": id, "text": text });
-        if let Some(t) = threshold {
-            req["threshold"] = json!(t);
-        }
+        let mut req = classify_request(text, threshold);
+        req["id"] = json!(id);
         let v = self.request(&req)?;
         parse_classification(&v, id)
     }
+}
+
+/// A request to classify `text`, with the request's own `threshold` (for a
+/// multi-label model) when given; no id.
+fn classify_request(text: &str, threshold: Option<f32>) -> Value {
+    let mut req = json!({ "text": text });
+    if let Some(t) = threshold {
+        req["threshold"] = json!(t);
+    }
+    req
 }
 
 /// Reads a server response back into a [`Classification`] (logits are not
@@ -263,11 +271,7 @@ impl SerialClient {
 
     /// Classifies one text; `threshold` replaces a multi-label model's own.
     pub fn classify_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification> {
-        let mut req = json!({ "text": text });
-        if let Some(t) = threshold {
-            req["threshold"] = json!(t);
-        }
-        let v = self.request(req)?;
+        let v = self.request(classify_request(text, threshold))?;
         parse_classification(&v, self.next_id)
     }
 }
