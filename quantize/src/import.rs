@@ -490,6 +490,18 @@ fn labels_from_config(config: &serde_json::Value) -> Option<Vec<String>> {
 }
 
 pub fn import(a: &ImportArgs) -> Result<(), Failure> {
+    if a.threshold.is_some() && a.task != ImportTask::Multilabel {
+        return Err(Failure(2, "--threshold is for --task multilabel".into()));
+    }
+    if let Some(t) = a
+        .threshold
+        .filter(|t| !edge_bert_model::manifest::valid_threshold(*t))
+    {
+        return Err(Failure(
+            2,
+            format!("--threshold {t} is not a probability strictly between 0 and 1"),
+        ));
+    }
     let out_name = a
         .output
         .file_name()
@@ -579,18 +591,6 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
     let model_bytes = graph::encode(&model);
     drop(model);
 
-    if a.threshold.is_some() && a.task != ImportTask::Multilabel {
-        return Err(Failure(2, "--threshold is for --task multilabel".into()));
-    }
-    if let Some(t) = a
-        .threshold
-        .filter(|t| !edge_bert_model::manifest::valid_threshold(*t))
-    {
-        return Err(Failure(
-            2,
-            format!("--threshold {t} is not a probability strictly between 0 and 1"),
-        ));
-    }
     // --labels, else the id2label of a config.json beside the model.
     let labels_given = || -> Result<Vec<String>, Failure> {
         if !a.labels.is_empty() {

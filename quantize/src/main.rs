@@ -411,6 +411,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let input = Bundle::load_dir(&cli.input).map_err(fail(3))?;
     let labels = input.manifest.labels.clone();
     let multilabel = matches!(input.manifest.task_kind(), Ok(Task::Multilabel { .. }));
+    if (labels.is_empty() || multilabel)
+        && (cli.max_accuracy_drop.is_some() || cli.min_agreement.is_some())
+    {
+        return Err(Failure(
+            2,
+            "--max-accuracy-drop and --min-agreement are for classify bundles; an embed bundle's --eval reports cosines, a multilabel one's F1s".into(),
+        ));
+    }
 
     // The output must not be (or contain) the input.
     let in_canon = std::fs::canonicalize(&cli.input).map_err(fail(3))?;
@@ -585,9 +593,23 @@ fn run(cli: &Cli) -> Result<(), Failure> {
 
     // Per-layer error on (up to 200 of) the calibration texts, or the eval
     // texts when there is no calibration file.
-    let eval_examples = match &cli.eval {
-        Some(p) => Some(read_examples(p, &labels, multilabel)?),
-        None => None,
+    // A multi-label file is read (and checked) once: its label sets for
+    // the eval below, its texts here.
+    let eval_sets = match (&cli.eval, multilabel) {
+        (Some(p), true) => Some(read_multilabel_tsv(p, &labels).map_err(fail(4))?),
+        _ => None,
+    };
+    let eval_examples = match (&cli.eval, &eval_sets) {
+        (_, Some(sets)) => Some(
+            sets.iter()
+                .map(|s| Example {
+                    label: 0,
+                    text: s.text.clone(),
+                })
+                .collect(),
+        ),
+        (Some(p), None) => Some(read_examples(p, &labels, false)?),
+        (None, None) => None,
     };
     let layer_texts: Option<&[Example]> = calibration
         .as_deref()
@@ -601,16 +623,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     // Accuracy, and the search for layers to keep in fp32.
     let mut eval_report = serde_json::Value::Null;
     let embed = labels.is_empty();
-    if (embed || multilabel) && (cli.max_accuracy_drop.is_some() || cli.min_agreement.is_some()) {
-        return Err(Failure(
-            2,
-            "--max-accuracy-drop and --min-agreement are for classify bundles; an embed bundle's --eval reports cosines, a multilabel one's F1s".into(),
-        ));
-    }
-    if let (true, Some(eval_path)) = (multilabel, &cli.eval) {
-        let sets = read_multilabel_tsv(eval_path, &labels).map_err(fail(4))?;
-        let fp32 = given_sets(&input, &sets, "eval fp32")?;
-        let int8 = given_sets(&out_bundle, &sets, "eval int8")?;
+    if let (Some(eval_path), Some(sets)) = (&cli.eval, &eval_sets) {
+        let fp32 = given_sets(&input, sets, "eval fp32")?;
+        let int8 = given_sets(&out_bundle, sets, "eval int8")?;
         let score = |given: &[Given]| {
             let mut c = LabelCounts::new(labels.len());
             for (ex, (g, _)) in sets.iter().zip(given) {
