@@ -10,7 +10,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use edge_bert_kernels::qmatmul::{self, Packed, Path};
 use edge_bert_model::engine::{decode, Engine, ModelFormat};
-use edge_bert_model::tokenize::{Scratch, TextTokenizer};
+use edge_bert_model::tokenize::TextTokenizer;
 use edge_bert_model::Bundle;
 
 fn bundle() -> Bundle {
@@ -80,7 +80,7 @@ fn rows(c: &mut Criterion) {
 fn tokenizer(c: &mut Criterion) {
     let b = bundle();
     let tok = TextTokenizer::from_bytes(&b.tokenizer_bytes, b.manifest.max_seq_len).unwrap();
-    let mut scratch = Scratch::new();
+    let mut scratch = tok.scratch();
     let mut ids = Vec::with_capacity(tok.ids_capacity());
     let text = "an intelligent, moving and often very funny film about growing up, \
                 with performances that feel lived-in rather than acted";

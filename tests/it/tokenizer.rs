@@ -33,6 +33,17 @@ fn check(ours: &TextTokenizer, hf: &Tokenizer, text: &str) -> Result<(), String>
             want.get_ids()
         ));
     }
+    let want_offsets: Vec<(u32, u32)> = want
+        .get_offsets()
+        .iter()
+        .map(|&(a, b)| (a as u32, b as u32))
+        .collect();
+    if got.offsets != want_offsets {
+        return Err(format!(
+            "{text:?} offsets:\n ours {:?}\n   hf {:?}",
+            got.offsets, want_offsets
+        ));
+    }
     let want_truncated = !want.get_overflowing().is_empty();
     if got.truncated != want_truncated {
         return Err(format!("{text:?}: truncated {}", got.truncated));

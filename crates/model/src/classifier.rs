@@ -216,9 +216,9 @@ impl Classifier {
             task,
             source: bundle.source.clone(),
             ids: Vec::with_capacity(tokenizer.ids_capacity()),
+            scratch: tokenizer.scratch(),
             tokenizer,
             engine,
-            scratch: Scratch::new(),
             logits: vec![0.0; output.width()],
         })
     }

@@ -13,7 +13,8 @@
 //! Any other tokenizer configuration is refused at load time with a clear
 //! error, never silently tokenised differently.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 
 use serde::Deserialize;
 use unicode_categories::UnicodeCategories;
@@ -26,6 +27,10 @@ use crate::error::{Error, Result};
 pub struct Encoded {
     /// Token ids including the special tokens (`[CLS] … [SEP]`).
     pub ids: Vec<u32>,
+    /// Each token's byte span in the original text, as the `tokenizers`
+    /// crate gives it: a word piece spans the original chars its normalised
+    /// chars came from; `[CLS]` and `[SEP]` are `(0, 0)`.
+    pub offsets: Vec<Span>,
     /// Segment ids (all 0 for a single text).
     pub type_ids: Vec<u32>,
     /// Whether the text was cut to fit `max_len`.
@@ -35,14 +40,39 @@ pub struct Encoded {
 /// `max_input_chars_per_word` supported (BERT's value).
 const MAX_WORD_CHARS: usize = 100;
 
+/// A byte range `start..end` in the original text.
+pub type Span = (u32, u32);
+
 /// Reusable working memory for [`TextTokenizer::encode_into`]: the current
-/// word and the WordPiece candidate. Sized once; a text never makes it grow.
+/// word, the WordPiece candidate and the tokens' spans. Made by
+/// [`TextTokenizer::scratch`], sized once; a text never makes it grow
+/// (short of a run of more combining marks than `PENDING` in one place,
+/// which the normaliser's own buffer also grows for).
 #[derive(Debug)]
 pub struct Scratch {
+    w: Words,
+    /// Spans of the chars handed to NFD whose first decomposed char has
+    /// not come out yet.
+    pending: RefCell<VecDeque<Span>>,
+}
+
+/// The part of [`Scratch`] the pre-tokenizer writes.
+#[derive(Debug)]
+struct Words {
     word: String,
     word_chars: usize,
+    /// Per stored char of `word`: its byte offset in `word` and its span.
+    chars: Vec<(u32, Span)>,
+    /// The span of the word's last char (a word over MAX_WORD_CHARS chars
+    /// is one `[UNK]` spanning all of them).
+    last: Span,
     candidate: String,
+    /// One span per id written by the last `encode_into`.
+    spans: Vec<Span>,
 }
+
+/// Combining marks in a row that NFD reorders without growing `pending`.
+const PENDING: usize = 32;
 
 impl Default for Scratch {
     fn default() -> Self {
@@ -51,14 +81,29 @@ impl Default for Scratch {
 }
 
 impl Scratch {
+    /// Working memory for any tokenizer; [`TextTokenizer::scratch`] also
+    /// sizes the span buffer for its maximum length.
     pub fn new() -> Scratch {
         Scratch {
-            // A word of more than MAX_WORD_CHARS chars is [UNK] and is not
-            // stored past that, so 4 bytes per char bounds both buffers.
-            word: String::with_capacity(4 * MAX_WORD_CHARS + 8),
-            word_chars: 0,
-            candidate: String::with_capacity(4 * MAX_WORD_CHARS + 24),
+            w: Words {
+                // A word of more than MAX_WORD_CHARS chars is [UNK] and is
+                // not stored past that, so 4 bytes per char bounds both.
+                word: String::with_capacity(4 * MAX_WORD_CHARS + 8),
+                word_chars: 0,
+                chars: Vec::with_capacity(MAX_WORD_CHARS + 1),
+                last: (0, 0),
+                candidate: String::with_capacity(4 * MAX_WORD_CHARS + 24),
+                spans: Vec::new(),
+            },
+            pending: RefCell::new(VecDeque::with_capacity(PENDING)),
         }
+    }
+
+    /// The byte span in the text of each id the last
+    /// [`encode_into`](TextTokenizer::encode_into) wrote (`(0, 0)` for
+    /// `[CLS]` and `[SEP]`).
+    pub fn offsets(&self) -> &[Span] {
+        &self.w.spans
     }
 }
 
@@ -155,36 +200,89 @@ fn is_punctuation(c: char) -> bool {
     c.is_ascii_punctuation() || c.is_punctuation()
 }
 
-/// Up to three chars: a CJK char padded with spaces, or one char.
+/// A normalised char and the span of the original char it came from.
+type Char = (char, Span);
+
+/// Up to three chars: a CJK char padded with spaces (all three spanning
+/// it, as in `tokenizers`), or one char.
 struct Padded {
     chars: [char; 3],
+    span: Span,
     next: usize,
     end: usize,
 }
 
 impl Iterator for Padded {
-    type Item = char;
-    fn next(&mut self) -> Option<char> {
+    type Item = Char;
+    fn next(&mut self) -> Option<Char> {
         (self.next < self.end).then(|| {
             self.next += 1;
-            self.chars[self.next - 1]
+            (self.chars[self.next - 1], self.span)
         })
     }
 }
 
-fn pad_chinese(c: char) -> Padded {
+fn pad_chinese((c, span): Char) -> Padded {
     if is_chinese_char(c) {
         Padded {
             chars: [' ', c, ' '],
+            span,
             next: 0,
             end: 3,
         }
     } else {
         Padded {
             chars: [c, ' ', ' '],
+            span,
             next: 0,
             end: 1,
         }
+    }
+}
+
+/// Hands NFD its input chars, noting each one's span in `pending`.
+struct Tap<'a, I> {
+    chars: I,
+    pending: &'a RefCell<VecDeque<Span>>,
+}
+
+impl<I: Iterator<Item = Char>> Iterator for Tap<'_, I> {
+    type Item = char;
+    fn next(&mut self) -> Option<char> {
+        let (c, span) = self.chars.next()?;
+        self.pending.borrow_mut().push_back(span);
+        Some(c)
+    }
+}
+
+/// NFD with spans, aligned as `tokenizers` aligns it: each output char
+/// that replaces an input char takes the next pending span in order, and a
+/// char the decomposition added takes the span before it.
+struct Nfd<'a, I: Iterator<Item = Char>> {
+    inner: unicode_normalization_alignments::Decompositions<Tap<'a, I>>,
+    pending: &'a RefCell<VecDeque<Span>>,
+    last: Span,
+}
+
+impl<I: Iterator<Item = Char>> Iterator for Nfd<'_, I> {
+    type Item = Char;
+    fn next(&mut self) -> Option<Char> {
+        let (c, change) = self.inner.next()?;
+        if change <= 0 {
+            if let Some(span) = self.pending.borrow_mut().pop_front() {
+                self.last = span;
+            }
+        }
+        Some((c, self.last))
+    }
+}
+
+fn nfd<'a, I: Iterator<Item = Char>>(chars: I, pending: &'a RefCell<VecDeque<Span>>) -> Nfd<'a, I> {
+    pending.borrow_mut().clear();
+    Nfd {
+        inner: Tap { chars, pending }.nfd(),
+        pending,
+        last: (0, 0),
     }
 }
 
@@ -314,13 +412,23 @@ impl TextTokenizer {
         self.max_len + MAX_WORD_CHARS + 2
     }
 
+    /// Working memory for [`encode_into`](Self::encode_into), sized so
+    /// that no text makes it grow.
+    pub fn scratch(&self) -> Scratch {
+        let mut s = Scratch::new();
+        s.w.spans.reserve_exact(self.ids_capacity());
+        s
+    }
+
     /// Tokenises one text. An empty text gives just the special tokens.
     pub fn encode(&self, text: &str) -> Result<Encoded> {
         let mut ids = Vec::with_capacity(self.ids_capacity());
-        let truncated = self.encode_into(text, &mut Scratch::new(), &mut ids);
+        let mut scratch = self.scratch();
+        let truncated = self.encode_into(text, &mut scratch, &mut ids);
         let type_ids = vec![0; ids.len()];
         Ok(Encoded {
             ids,
+            offsets: scratch.w.spans,
             type_ids,
             truncated,
         })
@@ -328,30 +436,38 @@ impl TextTokenizer {
 
     /// Tokenises one text into `ids` (cleared first; give it a capacity of
     /// [`ids_capacity`](Self::ids_capacity) and it never grows) and returns
-    /// whether the text was truncated. Allocates nothing.
+    /// whether the text was truncated; each id's span in `text` is then in
+    /// [`Scratch::offsets`]. Allocates nothing.
     pub fn encode_into(&self, text: &str, scratch: &mut Scratch, ids: &mut Vec<u32>) -> bool {
         ids.clear();
+        scratch.w.spans.clear();
         ids.push(self.cls);
+        scratch.w.spans.push((0, 0));
         // Room for tokens before [SEP]: ids.len() may reach this.
         let room = self.max_len - 1;
         let mut truncated = false;
-        let mut rest = text;
-        while !rest.is_empty() && !truncated {
+        let mut at = 0;
+        while at < text.len() && !truncated {
+            let rest = &text[at..];
             let (plain, special) = self.split_special(rest);
-            truncated = self.encode_plain(&rest[..plain], scratch, ids, room);
+            truncated = self.encode_plain(&rest[..plain], at, scratch, ids, room);
             match special {
                 Some((len, id)) if !truncated => {
                     ids.push(id);
+                    let start = (at + plain) as u32;
+                    scratch.w.spans.push((start, start + len as u32));
                     truncated = ids.len() > room;
                     if truncated {
                         ids.truncate(room);
+                        scratch.w.spans.truncate(room);
                     }
-                    rest = &rest[plain + len..];
+                    at += plain + len;
                 }
-                _ => rest = &rest[plain..],
+                _ => at += plain,
             }
         }
         ids.push(self.sep);
+        scratch.w.spans.push((0, 0));
         truncated
     }
 
@@ -373,90 +489,98 @@ impl TextTokenizer {
     }
 
     /// Normalises, pre-tokenises and WordPiece-encodes a text with no added
-    /// tokens in it, appending to `ids`. Returns true if tokens were left
-    /// over past `room`.
-    fn encode_plain(&self, text: &str, s: &mut Scratch, ids: &mut Vec<u32>, room: usize) -> bool {
-        s.word.clear();
-        s.word_chars = 0;
+    /// tokens in it (starting at byte `base` of the whole text), appending
+    /// to `ids`. Returns true if tokens were left over past `room`.
+    fn encode_plain(
+        &self,
+        text: &str,
+        base: usize,
+        s: &mut Scratch,
+        ids: &mut Vec<u32>,
+        room: usize,
+    ) -> bool {
+        let w = &mut s.w;
+        w.word.clear();
+        w.chars.clear();
+        w.word_chars = 0;
         // BertNormalizer: clean_text, handle_chinese_chars, strip_accents
         // (NFD, drop non-spacing marks), lowercase; in that order; the
-        // last two as the file says (cased models do neither).
+        // last two as the file says (cased models do neither). Each char
+        // carries the span of the original char it came from.
         let cleaned = text
-            .chars()
-            .filter(|&c| !(c == '\0' || c == '\u{fffd}' || is_control(c)))
-            .map(|c| if is_whitespace(c) { ' ' } else { c })
+            .char_indices()
+            .map(|(i, c)| {
+                let start = (base + i) as u32;
+                (c, (start, start + c.len_utf8() as u32))
+            })
+            .filter(|&(c, _)| !(c == '\0' || c == '\u{fffd}' || is_control(c)))
+            .map(|(c, span)| (if is_whitespace(c) { ' ' } else { c }, span))
             .flat_map(pad_chinese);
-        let stripped = |it: std::iter::FlatMap<_, _, _>| {
-            it.nfd()
-                .map(|(c, _)| c)
-                .filter(|c: &char| !c.is_mark_nonspacing())
-        };
+        let pending = &s.pending;
+        let stripped = |it| nfd(it, pending).filter(|&(c, _)| !c.is_mark_nonspacing());
+        let lower = |(c, span): Char| c.to_lowercase().map(move |l| (l, span));
         match (self.strip_accents, self.lowercase) {
-            (true, true) => {
-                self.pre_tokenize(stripped(cleaned).flat_map(char::to_lowercase), s, ids, room)
-            }
-            (true, false) => self.pre_tokenize(stripped(cleaned), s, ids, room),
-            (false, true) => self.pre_tokenize(cleaned.flat_map(char::to_lowercase), s, ids, room),
-            (false, false) => self.pre_tokenize(cleaned, s, ids, room),
+            (true, true) => self.pre_tokenize(stripped(cleaned).flat_map(lower), w, ids, room),
+            (true, false) => self.pre_tokenize(stripped(cleaned), w, ids, room),
+            (false, true) => self.pre_tokenize(cleaned.flat_map(lower), w, ids, room),
+            (false, false) => self.pre_tokenize(cleaned, w, ids, room),
         }
     }
 
     /// BertPreTokenizer and WordPiece over normalised chars.
     fn pre_tokenize(
         &self,
-        chars: impl Iterator<Item = char>,
-        s: &mut Scratch,
+        chars: impl Iterator<Item = Char>,
+        w: &mut Words,
         ids: &mut Vec<u32>,
         room: usize,
     ) -> bool {
         // BertPreTokenizer: split on white space (dropped) and punctuation
         // (kept, one char per word).
-        for c in chars {
+        for (c, span) in chars {
             if c.is_whitespace() {
-                if self.flush_word(s, ids, room) {
+                if self.flush_word(w, ids, room) {
                     return true;
                 }
             } else if is_punctuation(c) {
-                if self.flush_word(s, ids, room) {
+                if self.flush_word(w, ids, room) {
                     return true;
                 }
-                s.word.push(c);
-                s.word_chars = 1;
-                if self.flush_word(s, ids, room) {
+                w.push(c, span);
+                if self.flush_word(w, ids, room) {
                     return true;
                 }
             } else {
-                if s.word_chars <= MAX_WORD_CHARS {
-                    s.word.push(c);
-                }
-                s.word_chars += 1;
+                w.push(c, span);
             }
         }
-        self.flush_word(s, ids, room)
+        self.flush_word(w, ids, room)
     }
 
-    /// WordPiece on the word in `s.word`, then clears it. Returns true if
+    /// WordPiece on the word in `w.word`, then clears it. Returns true if
     /// the word's tokens did not all fit below `room`.
-    fn flush_word(&self, s: &mut Scratch, ids: &mut Vec<u32>, room: usize) -> bool {
-        if s.word_chars == 0 {
+    fn flush_word(&self, w: &mut Words, ids: &mut Vec<u32>, room: usize) -> bool {
+        if w.word_chars == 0 {
             return false;
         }
         let start_len = ids.len();
-        if s.word_chars > MAX_WORD_CHARS {
+        let whole = (w.chars[0].1 .0, w.last.1);
+        if w.word_chars > MAX_WORD_CHARS {
             ids.push(self.unk);
+            w.spans.push(whole);
         } else {
-            let word = s.word.as_str();
+            let word = w.word.as_str();
             let mut start = 0;
             while start < word.len() {
                 let mut end = word.len();
                 let mut found = None;
                 while start < end {
-                    s.candidate.clear();
+                    w.candidate.clear();
                     if start > 0 {
-                        s.candidate.push_str(&self.prefix);
+                        w.candidate.push_str(&self.prefix);
                     }
-                    s.candidate.push_str(&word[start..end]);
-                    if let Some(&id) = self.vocab.get(s.candidate.as_str()) {
+                    w.candidate.push_str(&word[start..end]);
+                    if let Some(&id) = self.vocab.get(w.candidate.as_str()) {
                         found = Some(id);
                         break;
                     }
@@ -465,25 +589,51 @@ impl TextTokenizer {
                 match found {
                     Some(id) => {
                         ids.push(id);
+                        w.spans.push(w.piece_span(start, end));
                         start = end;
                     }
                     None => {
                         // The whole word is one [UNK], as in `tokenizers`.
                         ids.truncate(start_len);
+                        w.spans.truncate(start_len);
                         ids.push(self.unk);
+                        w.spans.push(whole);
                         break;
                     }
                 }
             }
         }
-        s.word.clear();
-        s.word_chars = 0;
+        w.word.clear();
+        w.chars.clear();
+        w.word_chars = 0;
         if ids.len() > room {
             ids.truncate(room);
+            w.spans.truncate(room);
             true
         } else {
             false
         }
+    }
+}
+
+impl Words {
+    /// Adds a char to the current word (stored up to MAX_WORD_CHARS + 1,
+    /// enough to know it is too long).
+    fn push(&mut self, c: char, span: Span) {
+        if self.word_chars <= MAX_WORD_CHARS {
+            self.chars.push((self.word.len() as u32, span));
+            self.word.push(c);
+        }
+        self.word_chars += 1;
+        self.last = span;
+    }
+
+    /// The span of the word's bytes `start..end`: from its first char's
+    /// original start to its last char's original end.
+    fn piece_span(&self, start: usize, end: usize) -> Span {
+        let first = self.chars.partition_point(|&(at, _)| (at as usize) < start);
+        let last = self.chars.partition_point(|&(at, _)| (at as usize) < end) - 1;
+        (self.chars[first].1 .0, self.chars[last].1 .1)
     }
 }
 
@@ -527,23 +677,31 @@ mod tests {
     #[test]
     fn encode_into_never_grows_its_buffers() {
         let t = tiny();
-        let mut s = Scratch::new();
+        let mut s = t.scratch();
         let mut ids = Vec::with_capacity(t.ids_capacity());
-        let (cap, wcap, ccap) = (ids.capacity(), s.word.capacity(), s.candidate.capacity());
+        let caps = |s: &Scratch| {
+            (
+                s.w.word.capacity(),
+                s.w.candidate.capacity(),
+                s.w.chars.capacity(),
+                s.w.spans.capacity(),
+                s.pending.borrow().capacity(),
+            )
+        };
+        let (cap, scap) = (ids.capacity(), caps(&s));
         for text in [
             "x".repeat(5000),
             "é".repeat(99),
             "ab ".repeat(400),
             "東".repeat(300),
+            "e\u{301}".repeat(300),
             "[SEP]".repeat(50),
         ] {
             t.encode_into(&text, &mut s, &mut ids);
             assert!(ids.len() <= t.max_len());
+            assert_eq!(s.offsets().len(), ids.len());
         }
-        assert_eq!(
-            (ids.capacity(), s.word.capacity(), s.candidate.capacity()),
-            (cap, wcap, ccap)
-        );
+        assert_eq!((ids.capacity(), caps(&s)), (cap, scap));
     }
 
     #[test]
