@@ -40,12 +40,15 @@
 //! - [`embedded`]: the default model compiled in (`embedded-model`
 //!   feature).
 //! - [`tokenize`]: BERT WordPiece from the bundle's `tokenizer.json`,
-//!   truncating at `max_seq_len`, writing into reused buffers (pure).
+//!   truncating at `max_seq_len`, writing into reused buffers, with each
+//!   token's span in the text (pure).
 //! - `weights`: one copy of each weight across the bucket plans.
 //! - [`engine`]: tract plans and states, one per length bucket, with the
 //!   kernels installed.
 //! - [`postprocess`]: softmax, per-label sigmoid and arg-max over logits,
 //!   pooling and normalising token vectors, cosine (pure).
+//! - [`ner`]: BIO token labels merged into entities with spans in the
+//!   text (pure; the runtime does not serve a `ner` task yet).
 //! - `classifier`: text in, [`Classification`] (for a `multilabel`
 //!   bundle with the labels over its threshold; for an `embed` bundle,
 //!   [`Embedding`]) out.
@@ -62,6 +65,7 @@ mod error;
 pub mod eval;
 pub mod manifest;
 pub mod memory;
+pub mod ner;
 pub mod postprocess;
 pub mod rows;
 pub mod selftest;
