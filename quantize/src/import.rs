@@ -34,6 +34,9 @@ pub enum ImportTask {
     Multilabel,
     /// One L2-normalised vector per text, pooled from a `[batch, seq, dim]` output.
     Embed,
+    /// Token classification: `[batch, seq, labels]` logits over BIO tags
+    /// (O, B-TYPE, I-TYPE), merged into entities.
+    Ner,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -269,6 +272,7 @@ fn choose_output(
             3,
             "[batch, tokens, dim] token vectors",
         ),
+        ImportTask::Ner => (&["logits"][..], 3, "[batch, tokens, labels] logits"),
     };
     for n in names {
         if let Some(i) = graph.output.iter().position(|o| o.name == *n) {
@@ -337,7 +341,7 @@ pub fn prepare(
     }
     let rank = match task {
         ImportTask::Classify | ImportTask::Multilabel => 2,
-        ImportTask::Embed => 3,
+        ImportTask::Embed | ImportTask::Ner => 3,
     };
     if let Some(d) = dims(t) {
         if d.len() != rank {
@@ -615,6 +619,19 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
             }
             ("multilabel", labels, None, None)
         }
+        ImportTask::Ner => {
+            let labels = labels_given()?;
+            edge_bert_model::ner::TagSet::parse(&labels)
+                .map_err(|e| Failure(2, format!("--task ner reads the labels as BIO tags: {e}")))?;
+            if let Some(w) = prepared.width.filter(|w| *w != labels.len()) {
+                return Err(bad(format!(
+                    "output {} gives {w} logits per token but {} labels were given",
+                    prepared.output,
+                    labels.len()
+                )));
+            }
+            ("ner", labels, None, None)
+        }
         ImportTask::Classify => {
             let labels = labels_given()?;
             if labels.len() < 2 {
@@ -640,7 +657,7 @@ pub fn import(a: &ImportArgs) -> Result<(), Failure> {
             if !a.labels.is_empty() {
                 return Err(Failure(
                     2,
-                    "--labels is for --task classify and multilabel".into(),
+                    "--labels is for --task classify, multilabel and ner".into(),
                 ));
             }
             let dim = prepared
@@ -746,6 +763,15 @@ pub(crate) fn self_test(dir: &Path) -> Result<(), String> {
                 let p = c.classify(text).map_err(|e| format!("{text:?}: {e}"))?;
                 if !p.score.is_finite() {
                     return Err(format!("{text:?}: score {} is not finite", p.score));
+                }
+            }
+            Task::Ner => {
+                let e = c.entities(text).map_err(|e| format!("{text:?}: {e}"))?;
+                if let Some(bad) = e.found.iter().find(|e| !e.score.is_finite()) {
+                    return Err(format!(
+                        "{text:?}: entity score {} is not finite",
+                        bad.score
+                    ));
                 }
             }
             Task::Embed { dim, .. } => {

@@ -411,6 +411,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let input = Bundle::load_dir(&cli.input).map_err(fail(3))?;
     let labels = input.manifest.labels.clone();
     let multilabel = matches!(input.manifest.task_kind(), Ok(Task::Multilabel { .. }));
+    let ner = matches!(input.manifest.task_kind(), Ok(Task::Ner));
+    if ner && cli.eval.is_some() {
+        return Err(Failure(
+            2,
+            "--eval is for classify, multilabel and embed bundles; for an ner bundle measure entity F1 with `edge-bert eval --model DIR --data FILE.jsonl` (--calibration texts give the per-layer error)".into(),
+        ));
+    }
     if (labels.is_empty() || multilabel)
         && (cli.max_accuracy_drop.is_some() || cli.min_agreement.is_some())
     {
@@ -487,7 +494,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         p.exists().then_some(p)
     });
     let calibration = match &calibration_path {
-        Some(p) => Some(read_examples(p, &labels, multilabel)?),
+        Some(p) => Some(read_examples(p, &labels, multilabel || ner)?),
         None => None,
     };
     let act_ranges = match cli.mode {

@@ -157,6 +157,83 @@ fn classification_json(c: &Classification, text: &str) -> serde_json::Value {
     v
 }
 
+/// `text` with tabs and line breaks as spaces, for one-line output.
+fn flat(text: &str) -> String {
+    text.chars()
+        .map(|ch| {
+            if matches!(ch, '\t' | '\n' | '\r') {
+                ' '
+            } else {
+                ch
+            }
+        })
+        .collect()
+}
+
+/// One text through an NER model: a line of its entities (`-` for none),
+/// each `TYPE start..end "surface" score` with char offsets, then the
+/// text; or with `--json` an object with `entities`. Ok(false): the text
+/// was refused (reported on stderr).
+fn entities(
+    c: &mut Classifier,
+    n: usize,
+    text: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<bool, Failure> {
+    let e = match c.entities(text) {
+        Ok(e) => e,
+        Err(e @ Error::EmptyText) => {
+            eprintln!("edge-bert: text {n}: {e}");
+            return Ok(false);
+        }
+        Err(e) => return Err(Failure::new(1, format!("text {n}: {e}"))),
+    };
+    if e.truncated {
+        log::warn!("text {n} truncated to {} tokens", e.tokens);
+    }
+    let types = c.tag_set().map(|t| t.types()).unwrap_or_default();
+    let found = e.found.iter().map(|x| {
+        let (start, end) = edge_bert_model::ner::char_span(text, x.span);
+        let surface = &text[x.span.0 as usize..x.span.1 as usize];
+        (
+            types[x.kind as usize].as_str(),
+            start,
+            end,
+            surface,
+            x.score,
+        )
+    });
+    let line = if json {
+        let list: Vec<_> = found
+            .map(|(label, start, end, surface, score)| {
+                serde_json::json!({"label": label, "start": start, "end": end, "text": surface, "score": score})
+            })
+            .collect();
+        serde_json::json!({
+            "entities": list,
+            "tokens": e.tokens,
+            "truncated": e.truncated,
+            "text": text,
+        })
+        .to_string()
+    } else {
+        let list: Vec<String> = found
+            .map(|(label, start, end, surface, score)| {
+                format!("{label} {start}..{end} {:?} {score:.4}", flat(surface))
+            })
+            .collect();
+        let list = if list.is_empty() {
+            "-".to_string()
+        } else {
+            list.join("; ")
+        };
+        format!("{list}\t{}", flat(text))
+    };
+    writeln!(out, "{line}").map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
+    Ok(true)
+}
+
 fn classify(
     mut clf: Backend,
     json: bool,
@@ -167,6 +244,11 @@ fn classify(
     let mut out = std::io::BufWriter::new(stdout.lock());
     // Ok(false): this text was refused (reported on stderr), go on with the rest.
     let mut one = |n: usize, text: &str, out: &mut dyn Write| -> Result<bool, Failure> {
+        if let Backend::Local(c) = &mut clf {
+            if matches!(c.task(), Task::Ner) {
+                return entities(c, n, text, json, out);
+            }
+        }
         match clf.classify(text, threshold) {
             Ok(c) => {
                 if c.truncated {
@@ -175,16 +257,7 @@ fn classify(
                 let line = if json {
                     classification_json(&c, text).to_string()
                 } else {
-                    let flat: String = text
-                        .chars()
-                        .map(|ch| {
-                            if ch == '\t' || ch == '\n' || ch == '\r' {
-                                ' '
-                            } else {
-                                ch
-                            }
-                        })
-                        .collect();
+                    let flat = flat(text);
                     match &c.labels {
                         // Multi-label: the labels given ("-" for none),
                         // then the top label's probability.

@@ -88,6 +88,7 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
                 .collect(),
             output: match clf.task() {
                 Task::Embed { dim, .. } => format!("1x{bucket}x{dim}xf32"),
+                Task::Ner => format!("1x{bucket}x{}xf32", m.labels.len()),
                 Task::Classify | Task::Multilabel { .. } => format!("1x{}xf32", m.labels.len()),
             },
         })
@@ -153,6 +154,12 @@ impl std::fmt::Display for InfoReport<'_> {
             Ok(Task::Multilabel { threshold }) => writeln!(
                 f,
                 "output       {} (1 x {}, f32; a sigmoid per label, given at >= {threshold})",
+                m.output,
+                m.labels.len()
+            )?,
+            Ok(Task::Ner) => writeln!(
+                f,
+                "output       {} (1 x bucket x {}, f32; BIO tags per token, merged into entities)",
                 m.output,
                 m.labels.len()
             )?,

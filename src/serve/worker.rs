@@ -81,6 +81,9 @@ fn wrong_task(clf: &Classifier, want: Want) -> Option<String> {
         (Task::Embed { .. }, Want::Classify { .. }) => Some(format!(
             "the served model ({name}) is an embedding model: send {{\"op\": \"embed\", \"text\": ...}}"
         )),
+        (Task::Ner, _) => Some(format!(
+            "the served model ({name}) is an NER model, which the server does not serve yet (`edge-bert classify` runs it in-process)"
+        )),
     }
 }
 

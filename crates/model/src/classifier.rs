@@ -8,6 +8,7 @@ use crate::bundle::Bundle;
 use crate::engine::{DecodedModel, Engine, ModelFormat, Output};
 use crate::error::{Error, Result};
 use crate::manifest::{check_buckets, Manifest, Task};
+use crate::ner::{merge_into, Entity, TagSet};
 use crate::postprocess::{argmax, l2_normalize, over_threshold, sigmoid_into, softmax_into};
 use crate::tokenize::{Scratch, TextTokenizer};
 
@@ -60,6 +61,18 @@ pub struct Embedding {
     pub truncated: bool,
 }
 
+/// The entities found in one text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entities {
+    /// In text order, with byte spans (see [`crate::ner::char_span`]).
+    #[serde(skip)]
+    pub found: Vec<Entity>,
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+    /// Whether the text was cut to the model's maximum length.
+    pub truncated: bool,
+}
+
 /// Decodes the bundle's model file, in the format its manifest names.
 fn decode_model(bundle: &Bundle, bytes: &[u8]) -> Result<DecodedModel> {
     crate::engine::decode(bytes, ModelFormat::from_file_name(&bundle.manifest.model)?)
@@ -77,6 +90,9 @@ pub struct Classifier {
     scratch: Scratch,
     ids: Vec<u32>,
     logits: Vec<f32>,
+    /// `ner` models: the labels read as tags, and one token's probabilities.
+    tags: Option<TagSet>,
+    row: Vec<f32>,
 }
 
 impl Classifier {
@@ -201,6 +217,14 @@ impl Classifier {
         let output = match task {
             Task::Classify | Task::Multilabel { .. } => Output::Logits(m.labels.len()),
             Task::Embed { dim, pooling } => Output::Pooled { dim, pooling },
+            Task::Ner => Output::Tokens {
+                labels: m.labels.len(),
+                max_len: m.max_seq_len,
+            },
+        };
+        let tags = match task {
+            Task::Ner => Some(TagSet::parse(&m.labels).map_err(bad_manifest)?),
+            _ => None,
         };
         let engine =
             Engine::from_decoded_for(decoded, &buckets, output, lazy, bundle.model_file.as_ref())?;
@@ -217,6 +241,8 @@ impl Classifier {
             source: bundle.source.clone(),
             ids: Vec::with_capacity(tokenizer.ids_capacity()),
             scratch: tokenizer.scratch(),
+            row: vec![0.0; if tags.is_some() { m.labels.len() } else { 0 }],
+            tags,
             tokenizer,
             engine,
             logits: vec![0.0; output.width()],
@@ -276,12 +302,21 @@ impl Classifier {
     /// this allocates nothing (the serving loop's path). An empty (or all
     /// white-space) text is an error.
     pub fn classify_outcome(&mut self, text: &str) -> Result<Outcome> {
-        if let Task::Embed { .. } = self.task {
-            return Err(Error::InvalidArgument(format!(
-                "{} is an embedding model (task {}): it gives vectors, not labels (`edge-bert embed`)",
-                self.manifest.name,
-                self.task.name()
-            )));
+        match self.task {
+            Task::Embed { .. } => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is an embedding model (task {}): it gives vectors, not labels (`edge-bert embed`)",
+                    self.manifest.name,
+                    self.task.name()
+                )))
+            }
+            Task::Ner => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is an NER model (task ner): it gives entities, not one label per text",
+                    self.manifest.name
+                )))
+            }
+            _ => {}
         }
         if text.trim().is_empty() {
             return Err(Error::EmptyText);
@@ -383,6 +418,69 @@ impl Classifier {
         out.copy_from_slice(&self.logits);
         l2_normalize(out);
         Ok((self.ids.len(), truncated))
+    }
+
+    /// The labels of an `ner` model read as BIO tags (`None` for other
+    /// tasks).
+    pub fn tag_set(&self) -> Option<&TagSet> {
+        self.tags.as_ref()
+    }
+
+    /// Finds the entities of one text into `out` (cleared first; with a
+    /// capacity of the model's maximum length it never grows) and returns
+    /// the tokens the model saw and whether the text was truncated. Each
+    /// token takes its most probable tag (softmax over its logits); the
+    /// tags are merged as [`crate::ner::merge_into`] says. Outside tract's
+    /// own run this allocates nothing. An empty text is an error, as is a
+    /// bundle that is not an `ner` model.
+    pub fn entities_into(&mut self, text: &str, out: &mut Vec<Entity>) -> Result<(usize, bool)> {
+        let Some(tags) = self.tags.as_ref() else {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a {} model, not an NER one",
+                self.manifest.name,
+                self.task.name()
+            )));
+        };
+        if text.trim().is_empty() {
+            return Err(Error::EmptyText);
+        }
+        let truncated = self
+            .tokenizer
+            .encode_into(text, &mut self.scratch, &mut self.ids);
+        self.engine.logits_into(&self.ids, &mut self.logits)?;
+        let n = tags.len();
+        let real = 1..self.ids.len() - 1;
+        let spans = self.scratch.offsets();
+        for i in real.clone() {
+            let z = &self.logits[i * n..(i + 1) * n];
+            if z.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Model(
+                    "the model produced NaN or infinite values".into(),
+                ));
+            }
+        }
+        let (logits, row) = (&self.logits, &mut self.row);
+        merge_into(
+            tags,
+            real.map(|i| {
+                softmax_into(&logits[i * n..(i + 1) * n], row);
+                let best = argmax(row).unwrap_or(0);
+                (best, row[best], spans[i])
+            }),
+            out,
+        );
+        Ok((self.ids.len(), truncated))
+    }
+
+    /// Finds the entities of one text (see [`Classifier::entities_into`]).
+    pub fn entities(&mut self, text: &str) -> Result<Entities> {
+        let mut found = Vec::with_capacity(self.manifest.max_seq_len);
+        let (tokens, truncated) = self.entities_into(text, &mut found)?;
+        Ok(Entities {
+            found,
+            tokens,
+            truncated,
+        })
     }
 
     /// Embeds one text (see [`Classifier::embed_into`]).

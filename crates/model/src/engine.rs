@@ -79,14 +79,18 @@ pub enum Output {
     /// `[1, len, dim]` token vectors, pooled over the real tokens into
     /// `dim` values (`postprocess::pool_into`; not normalised).
     Pooled { dim: usize, pooling: Pooling },
+    /// `[1, len, labels]` logits per token; the real tokens' rows are
+    /// copied, row after row, into room for `max_len` of them.
+    Tokens { labels: usize, max_len: usize },
 }
 
 impl Output {
-    /// How many values one text gives.
+    /// How many values one text gives (at most, for `Tokens`).
     pub fn width(&self) -> usize {
         match *self {
             Output::Logits(n) => n,
             Output::Pooled { dim, .. } => dim,
+            Output::Tokens { labels, max_len } => labels * max_len,
         }
     }
 }
@@ -604,6 +608,16 @@ impl Engine {
                     )));
                 }
                 crate::postprocess::pool_into(values, ids.len().max(1), pooling, out);
+            }
+            Output::Tokens { labels, .. } => {
+                let n = ids.len() * labels;
+                if values.len() != len * labels || out.len() < n {
+                    return Err(Error::Model(format!(
+                        "model gives {} logits for {len} tokens, not {len} rows of the manifest's {labels} labels",
+                        values.len(),
+                    )));
+                }
+                out[..n].copy_from_slice(&values[..n]);
             }
         }
         Ok(())

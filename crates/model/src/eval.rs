@@ -5,7 +5,11 @@
 //! the label spelled as in the bundle's manifest. For a multi-label model
 //! the line is `LABEL,LABEL,..<TAB>text` (`-` for none), read by
 //! [`read_multilabel_tsv`] and scored by [`LabelCounts`]: per-label
-//! precision, recall and F1, micro and macro F1, exact-set matches.
+//! precision, recall and F1, micro and macro F1, exact-set matches. For an
+//! NER model the file is JSON lines, `{"text": .., "entities": [{"label":
+//! "LOC", "start": 5, "end": 11}, ..]}` with char offsets, read by
+//! [`read_ner_jsonl`] and scored by [`EntityCounts`]: an entity counts when
+//! its type and both ends match exactly (entity-level F1, as seqeval).
 
 use std::path::Path;
 
@@ -52,6 +56,134 @@ fn read_with<T>(
             }
         }
     })
+}
+
+/// Reads and parses an NER data file (see [`parse_ner_line`]).
+pub fn read_ner_jsonl(path: &Path, types: &[String]) -> Result<Vec<NerExample>, Error> {
+    read_with(path, |text| parse_lines(text, |l| parse_ner_line(l, types)))
+}
+
+/// One text of an NER data file and its entities: `(type, start, end)`,
+/// the type an index into the model's entity types, the ends char offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NerExample {
+    pub text: String,
+    pub entities: Vec<(usize, usize, usize)>,
+}
+
+/// Parses one line of an NER data file.
+pub fn parse_ner_line(line: &str, types: &[String]) -> Result<NerExample, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        text: String,
+        entities: Vec<Ent>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ent {
+        label: String,
+        start: usize,
+        end: usize,
+    }
+    let l: Line = serde_json::from_str(line)
+        .map_err(|e| format!("not an NER line ({{\"text\": .., \"entities\": [..]}}): {e}"))?;
+    if l.text.trim().is_empty() {
+        return Err("empty text".into());
+    }
+    let chars = l.text.chars().count();
+    let mut entities = Vec::with_capacity(l.entities.len());
+    for e in l.entities {
+        let t = types.iter().position(|t| *t == e.label).ok_or_else(|| {
+            format!(
+                "entity type {:?} is not one of the model's ({})",
+                e.label,
+                types.join(", ")
+            )
+        })?;
+        if e.start >= e.end || e.end > chars {
+            return Err(format!(
+                "entity {} {}..{} is not a span of the text's {chars} chars",
+                e.label, e.start, e.end
+            ));
+        }
+        entities.push((t, e.start, e.end));
+    }
+    Ok(NerExample {
+        text: l.text,
+        entities,
+    })
+}
+
+/// Entity-level counts per type: an entity is a true positive when one of
+/// the same type and span is on the other side.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EntityCounts {
+    tp: Vec<u64>,
+    fp: Vec<u64>,
+    fn_: Vec<u64>,
+    exact: u64,
+    texts: u64,
+}
+
+impl EntityCounts {
+    pub fn new(n_types: usize) -> EntityCounts {
+        EntityCounts {
+            tp: vec![0; n_types],
+            fp: vec![0; n_types],
+            fn_: vec![0; n_types],
+            exact: 0,
+            texts: 0,
+        }
+    }
+
+    /// Adds one text's true and predicted `(type, start, end)` entities.
+    pub fn add(&mut self, truth: &[(usize, usize, usize)], predicted: &[(usize, usize, usize)]) {
+        for p in predicted {
+            if truth.contains(p) {
+                self.tp[p.0] += 1;
+            } else {
+                self.fp[p.0] += 1;
+            }
+        }
+        for t in truth {
+            if !predicted.contains(t) {
+                self.fn_[t.0] += 1;
+            }
+        }
+        let same = truth.len() == predicted.len() && truth.iter().all(|t| predicted.contains(t));
+        self.exact += same as u64;
+        self.texts += 1;
+    }
+
+    /// Share of texts whose entities are all and only the true ones.
+    pub fn exact_match(&self) -> f64 {
+        ratio(self.exact, self.texts)
+    }
+
+    /// Precision, recall and F1 of each type; `support` is its true
+    /// entities.
+    pub fn per_type(&self, types: &[String]) -> Vec<LabelMetrics> {
+        (0..self.tp.len())
+            .map(|l| {
+                let (tp, fp, fn_) = (self.tp[l], self.fp[l], self.fn_[l]);
+                LabelMetrics {
+                    label: types.get(l).cloned().unwrap_or_else(|| l.to_string()),
+                    support: tp + fn_,
+                    precision: ratio(tp, tp + fp),
+                    recall: ratio(tp, tp + fn_),
+                    f1: f1(tp, fp, fn_),
+                }
+            })
+            .collect()
+    }
+
+    /// Entity-level precision, recall and F1 over all types.
+    pub fn overall(&self) -> (f64, f64, f64) {
+        let sum = |v: &[u64]| v.iter().sum::<u64>();
+        let (tp, fp, fn_) = (sum(&self.tp), sum(&self.fp), sum(&self.fn_));
+        (ratio(tp, tp + fp), ratio(tp, tp + fn_), f1(tp, fp, fn_))
+    }
 }
 
 /// One labelled example.
@@ -457,5 +589,42 @@ mod tests {
         fn arbitrary_lines_never_panic(line in ".*") {
             let _ = parse_line(&line, &labels());
         }
+    }
+
+    #[test]
+    fn ner_lines_and_entity_counts() {
+        let types = vec!["LOC".to_string(), "PSN".to_string()];
+        let ex = parse_ner_line(
+            r#"{"text": "né à Zürich", "entities": [{"label": "LOC", "start": 5, "end": 11}]}"#,
+            &types,
+        )
+        .unwrap();
+        assert_eq!(ex.entities, [(0, 5, 11)]);
+        for (bad, why) in [
+            (
+                r#"{"text": "ab", "entities": [{"label": "ORG", "start": 0, "end": 1}]}"#,
+                "not one of",
+            ),
+            (
+                r#"{"text": "ab", "entities": [{"label": "LOC", "start": 1, "end": 3}]}"#,
+                "not a span",
+            ),
+            (r#"{"text": " ", "entities": []}"#, "empty text"),
+            (r#"LOC\tab"#, "not an NER line"),
+        ] {
+            let err = parse_ner_line(bad, &types).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let mut c = EntityCounts::new(2);
+        // One right, one wrong span, one missed; then a text right.
+        c.add(&[(0, 0, 2), (1, 3, 5), (1, 6, 8)], &[(0, 0, 2), (1, 3, 4)]);
+        c.add(&[(0, 1, 2)], &[(0, 1, 2)]);
+        let (p, r, f) = c.overall();
+        assert_eq!((p, r), (2.0 / 3.0, 2.0 / 4.0));
+        assert!((f - 2.0 * 2.0 / (2.0 * 2.0 + 1.0 + 2.0)).abs() < 1e-12);
+        assert_eq!(c.exact_match(), 0.5);
+        let per = c.per_type(&types);
+        assert_eq!((per[0].support, per[0].f1), (2, 1.0));
+        assert_eq!((per[1].support, per[1].precision), (2, 0.0));
     }
 }

@@ -48,10 +48,10 @@
 //! - [`postprocess`]: softmax, per-label sigmoid and arg-max over logits,
 //!   pooling and normalising token vectors, cosine (pure).
 //! - [`ner`]: BIO token labels merged into entities with spans in the
-//!   text (pure; the runtime does not serve a `ner` task yet).
+//!   text (pure).
 //! - `classifier`: text in, [`Classification`] (for a `multilabel`
 //!   bundle with the labels over its threshold; for an `embed` bundle,
-//!   [`Embedding`]) out.
+//!   [`Embedding`]; for an `ner` bundle, [`Entities`]) out.
 //! - [`eval`]: labelled TSV files (one label, or a set of them) and their
 //!   metrics: accuracy, per-label F1, micro and macro F1 (pure, but for
 //!   the `read_*` functions).
@@ -74,6 +74,6 @@ pub mod tokenize;
 mod weights;
 
 pub use bundle::Bundle;
-pub use classifier::{Classification, Classifier, Embedding, Outcome};
+pub use classifier::{Classification, Classifier, Embedding, Entities, Outcome};
 pub use error::{Error, Result};
 pub use manifest::Manifest;

@@ -116,6 +116,9 @@ pub enum Task {
     Multilabel { threshold: f32 },
     /// One L2-normalised vector of `dim` values per text.
     Embed { dim: usize, pooling: Pooling },
+    /// Token classification: logits over `labels` (BIO tags, see
+    /// [`crate::ner`]) for every token, merged into entities.
+    Ner,
 }
 
 impl Task {
@@ -125,13 +128,14 @@ impl Task {
             Task::Classify => "classify",
             Task::Multilabel { .. } => "multilabel",
             Task::Embed { .. } => "embed",
+            Task::Ner => "ner",
         }
     }
 
     /// The values in one vector: `dim` for `embed`, 0 otherwise.
     pub fn dim(&self) -> usize {
         match self {
-            Task::Classify | Task::Multilabel { .. } => 0,
+            Task::Classify | Task::Multilabel { .. } | Task::Ner => 0,
             Task::Embed { dim, .. } => *dim,
         }
     }
@@ -195,8 +199,9 @@ impl Manifest {
                 };
                 Ok(Task::Embed { dim, pooling })
             }
+            Some("ner" | "token-classification") => Ok(Task::Ner),
             Some(other) => Err(format!(
-                "task {other:?} is not supported by this runtime (it serves classify, multilabel and embed)"
+                "task {other:?} is not supported by this runtime (it serves classify, multilabel, embed and ner)"
             )),
         }
     }
@@ -218,6 +223,10 @@ impl Manifest {
             }
             Task::Embed { .. } if !self.labels.is_empty() => {
                 return Err("an embed bundle has no labels".into());
+            }
+            Task::Ner => {
+                crate::ner::TagSet::parse(&self.labels)
+                    .map_err(|e| format!("an ner bundle's labels are BIO tags: {e}"))?;
             }
             _ => {}
         }
