@@ -15,6 +15,8 @@ mod embed;
 mod golden;
 #[path = "it/multilabel.rs"]
 mod multilabel;
+#[path = "it/ner.rs"]
+mod ner;
 #[path = "it/reliability.rs"]
 mod reliability;
 #[path = "it/reload.rs"]

@@ -1,0 +1,208 @@
+//! The `ner` task on a real model made by the recipe
+//! (`models/ner-ja/run.sh`): `models/ner-ja-int8/`, entities in Japanese
+//! news sentences. Checked against ONNX Runtime's fp32 tags and entities
+//! (`tests/fixtures/ner-reference.jsonl`), in-process, by `classify` (char
+//! offsets into the text) and by `eval` (entity-level F1 on the test split).
+
+use std::path::PathBuf;
+
+use edge_bert_model::Classifier;
+
+use crate::util::{root, run, stderr, stdout};
+
+fn bundle() -> PathBuf {
+    root().join("models/ner-ja-int8")
+}
+
+fn references() -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root().join("tests/fixtures/ner-reference.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn triples(entities: &serde_json::Value) -> Vec<(String, u64, u64)> {
+    entities
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["label"].as_str().unwrap().to_string(),
+                e["start"].as_u64().unwrap(),
+                e["end"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Per token, the int8 model's most likely tag against ONNX Runtime's fp32
+/// one; per text, the same entities. Prints both figures.
+#[test]
+fn the_int8_model_agrees_with_onnx_runtime_fp32() {
+    let refs = references();
+    assert!(refs.len() >= 50, "{} reference texts", refs.len());
+    let mut clf = Classifier::from_dir(bundle()).unwrap();
+    let labels = clf.manifest().labels.clone();
+    let n = labels.len();
+    let (mut same_tags, mut tags) = (0usize, 0usize);
+    for r in &refs {
+        let text = r["text"].as_str().unwrap();
+        let (logits, tokens, truncated) = clf.logits(text).unwrap();
+        assert!(!truncated);
+        let want: Vec<&str> = r["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        // The same tokens as the `tokenizers` crate, [CLS] and [SEP] aside.
+        assert_eq!(tokens - 2, want.len(), "{text}");
+        for (i, w) in want.iter().enumerate() {
+            let row = &logits[(i + 1) * n..(i + 2) * n];
+            let best = edge_bert_model::postprocess::argmax(row).unwrap();
+            same_tags += (labels[best] == *w) as usize;
+            tags += 1;
+        }
+    }
+    let o = run(
+        &["classify", "--json", "--model", bundle().to_str().unwrap()],
+        refs.iter()
+            .map(|r| format!("{}\n", r["text"].as_str().unwrap()))
+            .collect::<String>()
+            .as_bytes(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut same_entities = 0;
+    for (line, r) in stdout(&o).lines().zip(&refs) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        same_entities += (triples(&v["entities"]) == triples(&r["entities"])) as usize;
+    }
+    let tag_agreement = same_tags as f64 / tags as f64;
+    println!(
+        "int8 vs ORT fp32: the same tag on {same_tags} of {tags} tokens ({:.2}%), the same entities in {same_entities} of {} texts",
+        100.0 * tag_agreement,
+        refs.len()
+    );
+    assert!(tag_agreement >= 0.95, "tag agreement {tag_agreement}");
+}
+
+/// `classify` gives each entity's type, char offsets into the text (the
+/// text's chars at those offsets are its `text`) and score; an empty text
+/// is refused and the rest still answered.
+#[test]
+fn classify_gives_entities_with_char_offsets() {
+    let texts = "2005年7月14日、南アフリカ共和国ダーバンで開催中の第29回世界遺産会議で、日本の知床が登録された。\n \n東京タワーは高い。\n";
+    let o = run(
+        &["classify", "--json", "--model", bundle().to_str().unwrap()],
+        texts.as_bytes(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("text 2"), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let mut found = 0;
+    for v in &lines {
+        let chars: Vec<char> = v["text"].as_str().unwrap().chars().collect();
+        for e in v["entities"].as_array().unwrap() {
+            let (a, b) = (
+                e["start"].as_u64().unwrap() as usize,
+                e["end"].as_u64().unwrap() as usize,
+            );
+            assert!(a < b && b <= chars.len(), "{e}");
+            let surface: String = chars[a..b].iter().collect();
+            assert_eq!(surface, e["text"].as_str().unwrap());
+            let score = e["score"].as_f64().unwrap();
+            assert!(score > 0.0 && score <= 1.0, "{e}");
+            found += 1;
+        }
+    }
+    assert!(found > 0, "no entity in {lines:?}");
+    // The text form: `TYPE start..end "surface" score`, then the text.
+    let o = run(
+        &[
+            "classify",
+            "--model",
+            bundle().to_str().unwrap(),
+            "東京タワーは高い。",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).ends_with("\t東京タワーは高い。\n"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// `eval` scores entities on the committed test split, per type, and
+/// refuses a line whose entity is not a span of its text.
+#[test]
+fn eval_reports_entity_f1() {
+    let data = root().join("models/ner-ja/test.jsonl");
+    let o = run(
+        &[
+            "eval",
+            "--json",
+            "--model",
+            bundle().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    println!("int8 on the test split: {v}");
+    assert_eq!(v["examples"], 50);
+    let f1 = v["f1"].as_f64().unwrap();
+    let (p, r) = (
+        v["precision"].as_f64().unwrap(),
+        v["recall"].as_f64().unwrap(),
+    );
+    assert!(f1 > 0.0 && (f1 - 2.0 * p * r / (p + r)).abs() < 1e-9, "{v}");
+    let support: u64 = v["per_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["support"].as_u64().unwrap())
+        .sum();
+    let gold: usize = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["entities"].as_array().unwrap().len()
+        })
+        .sum();
+    assert_eq!(support as usize, gold);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"text\": \"日本\", \"entities\": [{\"label\": \"LOC\", \"start\": 0, \"end\": 9}]}\n",
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "eval",
+            "--model",
+            bundle().to_str().unwrap(),
+            "--data",
+            bad.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bad.jsonl:1:") && stderr(&o).contains("not a span"),
+        "{}",
+        stderr(&o)
+    );
+}
