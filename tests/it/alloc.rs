@@ -298,3 +298,52 @@ fn embedding_a_text_allocates_nothing_outside_tract() {
     eprintln!("embed_into: {allocs} allocations outside tract over {n} texts");
     assert_eq!(allocs, 0);
 }
+
+/// `Classifier::entities_into` on the recipe's NER model (`ner.rs`): after
+/// two passes of warm-up, texts of every length cost no allocation outside
+/// tract's plan run (the entity buffer holds the model's maximum length).
+#[test]
+fn finding_entities_allocates_nothing_outside_tract() {
+    let texts: Vec<String> =
+        std::fs::read_to_string(crate::util::root().join("tests/fixtures/ner-reference.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["text"].as_str().unwrap().to_string()
+            })
+            .chain(["東京".to_string(), "x ".repeat(300)])
+            .collect();
+    let dir = crate::util::root().join("models/ner-ja-int8");
+    let _one = SERVING.lock().unwrap_or_else(|e| e.into_inner());
+    let (allocs, n, found) = std::thread::spawn(move || {
+        let mut clf = Classifier::from_dir(&dir).unwrap();
+        let mut out = Vec::with_capacity(clf.manifest().max_seq_len);
+        for t in texts.iter().chain(&texts) {
+            clf.entities_into(t, &mut out).unwrap();
+        }
+        edge_bert_model::alloc_probe::mark_loop_thread();
+        TRACE.store(
+            std::env::var_os("EDGE_BERT_ALLOC_TRACE").is_some(),
+            Ordering::SeqCst,
+        );
+        let before = THREAD_LOOP_ALLOCS.with(Cell::get);
+        let mut found = 0;
+        for t in texts.iter().rev() {
+            clf.entities_into(t, &mut out).unwrap();
+            found += out.len();
+        }
+        (
+            THREAD_LOOP_ALLOCS.with(Cell::get) - before,
+            texts.len(),
+            found,
+        )
+    })
+    .join()
+    .unwrap();
+    eprintln!(
+        "entities_into: {allocs} allocations outside tract over {n} texts ({found} entities)"
+    );
+    assert!(found > 0);
+    assert_eq!(allocs, 0);
+}
