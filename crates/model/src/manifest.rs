@@ -419,10 +419,24 @@ mod tests {
         .unwrap();
         assert_eq!(Manifest::parse(&text).unwrap().dim, Some(384));
         let mut m = sample();
-        m.task = Some("ner".into());
+        m.task = Some("question-answering".into());
         assert!(m.validate().unwrap_err().contains("not supported"));
         m.task = Some("text-classification".into());
         assert_eq!(m.task_kind(), Ok(Task::Classify));
+    }
+
+    #[test]
+    fn ner_tasks_need_bio_labels() {
+        let mut m = sample();
+        m.task = Some("ner".into());
+        // The sample's labels are not BIO tags.
+        let err = m.validate().unwrap_err();
+        assert!(err.contains("BIO"), "{err}");
+        m.labels = ["O", "B-LOC", "I-LOC"].map(String::from).to_vec();
+        m.validate().unwrap();
+        assert_eq!(m.task_kind(), Ok(Task::Ner));
+        m.task = Some("token-classification".into());
+        assert_eq!(m.task_kind(), Ok(Task::Ner));
     }
 
     #[test]
