@@ -297,3 +297,21 @@ fn a_report_that_cannot_be_written_is_an_error() {
         assert_fails(&o, 1, "stdout: No space left on device");
     }
 }
+
+/// A model that cannot be loaded is refused before any input is read: a
+/// megabyte on stdin still gets exit 3 and the directory named (the
+/// harness does not mistake the closed pipe for the failure).
+#[test]
+fn a_missing_model_is_refused_whatever_waits_on_stdin() {
+    let input = "a line of text\n".repeat(70_000);
+    let o = run(
+        &["classify", "--model", "/nonexistent/edge-bert-model"],
+        input.as_bytes(),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/edge-bert-model"),
+        "{}",
+        stderr(&o)
+    );
+}
