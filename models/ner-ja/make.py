@@ -110,11 +110,6 @@ def token_tags(enc, words):
     return tags
 
 
-def encode(tok, text):
-    enc = tok.encode(text)
-    return enc
-
-
 def hidden(session, ids):
     ids = np.array([ids], dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
@@ -132,7 +127,7 @@ def windowed(h):
 def features(session, tok, data):
     xs, ys = [], []
     for text, words in data:
-        enc = encode(tok, text)
+        enc = tok.encode(text)
         h = windowed(hidden(session, enc.ids))
         for row, tag in zip(h, token_tags(enc, words)):
             if tag is not None:
@@ -190,8 +185,9 @@ def merge(labels, probs, offsets):
 
 
 def predict(session, tok, text):
-    """Entities and per-token probabilities from the graph with its head."""
-    enc = encode(tok, text)
+    """Entities, per-token probabilities and the real (not special)
+    tokens' indices, from the graph with its head."""
+    enc = tok.encode(text)
     ids = np.array([enc.ids], dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     z = session.run(None, feed)[0][0]
@@ -201,7 +197,7 @@ def predict(session, tok, text):
     real = [i for i, s in enumerate(enc.special_tokens_mask) if not s]
     labels = [int(p[i].argmax()) for i in real]
     ents = merge(labels, [float(p[i].max()) for i in real], [enc.offsets[i] for i in real])
-    return ents, p
+    return ents, p, real
 
 
 def f1(gold, pred):
@@ -313,12 +309,11 @@ def main():
     with open(f"{a.data_dir}/test.jsonl", "w", encoding="utf-8") as f:
         for text, words in test_set:
             gold = entities(words)
-            pred, p = predict(full, tok, text)
+            pred, p, real = predict(full, tok, text)
             tp, ng, npred, _ = f1(gold, pred)
             totals += (tp, ng, npred)
             f.write(json.dumps({"text": text, "entities": [{"label": t, "start": s, "end": e} for t, s, e in gold]},
                                ensure_ascii=False) + "\n")
-            real = [i for i, m in enumerate(encode(tok, text).special_tokens_mask) if not m]
             refs.append({"text": text, "tags": [LABELS[int(p[i].argmax())] for i in real],
                          "tag_probs": [round(float(p[i].max()), 6) for i in real],
                          "entities": [{"label": t, "start": s, "end": e, "score": round(sc, 6)}

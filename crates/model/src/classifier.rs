@@ -62,10 +62,9 @@ pub struct Embedding {
 }
 
 /// The entities found in one text.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entities {
     /// In text order, with byte spans (see [`crate::ner::char_span`]).
-    #[serde(skip)]
     pub found: Vec<Entity>,
     /// Tokens the model saw, special tokens included.
     pub tokens: usize,

@@ -118,70 +118,45 @@ pub fn parse_ner_line(line: &str, types: &[String]) -> Result<NerExample, String
 /// Entity-level counts per type: an entity is a true positive when one of
 /// the same type and span is on the other side.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct EntityCounts {
-    tp: Vec<u64>,
-    fp: Vec<u64>,
-    fn_: Vec<u64>,
-    exact: u64,
-    texts: u64,
-}
+pub struct EntityCounts(Tally);
 
 impl EntityCounts {
     pub fn new(n_types: usize) -> EntityCounts {
-        EntityCounts {
-            tp: vec![0; n_types],
-            fp: vec![0; n_types],
-            fn_: vec![0; n_types],
-            exact: 0,
-            texts: 0,
-        }
+        EntityCounts(Tally::new(n_types))
     }
 
     /// Adds one text's true and predicted `(type, start, end)` entities.
     pub fn add(&mut self, truth: &[(usize, usize, usize)], predicted: &[(usize, usize, usize)]) {
+        let t = &mut self.0;
         for p in predicted {
             if truth.contains(p) {
-                self.tp[p.0] += 1;
+                t.tp[p.0] += 1;
             } else {
-                self.fp[p.0] += 1;
+                t.fp[p.0] += 1;
             }
         }
-        for t in truth {
-            if !predicted.contains(t) {
-                self.fn_[t.0] += 1;
+        for e in truth {
+            if !predicted.contains(e) {
+                t.fn_[e.0] += 1;
             }
         }
-        let same = truth.len() == predicted.len() && truth.iter().all(|t| predicted.contains(t));
-        self.exact += same as u64;
-        self.texts += 1;
+        t.text(truth, predicted);
     }
 
     /// Share of texts whose entities are all and only the true ones.
     pub fn exact_match(&self) -> f64 {
-        ratio(self.exact, self.texts)
+        self.0.exact_match()
     }
 
     /// Precision, recall and F1 of each type; `support` is its true
     /// entities.
     pub fn per_type(&self, types: &[String]) -> Vec<LabelMetrics> {
-        (0..self.tp.len())
-            .map(|l| {
-                let (tp, fp, fn_) = (self.tp[l], self.fp[l], self.fn_[l]);
-                LabelMetrics {
-                    label: types.get(l).cloned().unwrap_or_else(|| l.to_string()),
-                    support: tp + fn_,
-                    precision: ratio(tp, tp + fp),
-                    recall: ratio(tp, tp + fn_),
-                    f1: f1(tp, fp, fn_),
-                }
-            })
-            .collect()
+        self.0.per_label(types)
     }
 
     /// Entity-level precision, recall and F1 over all types.
     pub fn overall(&self) -> (f64, f64, f64) {
-        let sum = |v: &[u64]| v.iter().sum::<u64>();
-        let (tp, fp, fn_) = (sum(&self.tp), sum(&self.fp), sum(&self.fn_));
+        let (tp, fp, fn_) = self.0.pooled();
         (ratio(tp, tp + fp), ratio(tp, tp + fn_), f1(tp, fp, fn_))
     }
 }
@@ -272,16 +247,66 @@ pub fn parse_multilabel_line(line: &str, labels: &[String]) -> Result<LabelSet, 
     })
 }
 
-/// Counts for multi-label scoring: true positives, false positives and
-/// false negatives of each label, and texts whose whole set was right.
+/// True positives, false positives and false negatives per label, and
+/// texts whose whole set was right: what [`LabelCounts`] and
+/// [`EntityCounts`] count.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LabelCounts {
+struct Tally {
     tp: Vec<u64>,
     fp: Vec<u64>,
     fn_: Vec<u64>,
     exact: u64,
     texts: u64,
 }
+
+impl Tally {
+    fn new(n: usize) -> Tally {
+        Tally {
+            tp: vec![0; n],
+            fp: vec![0; n],
+            fn_: vec![0; n],
+            exact: 0,
+            texts: 0,
+        }
+    }
+
+    /// Counts one text, exact when both sides hold the same items.
+    fn text<T: PartialEq>(&mut self, truth: &[T], predicted: &[T]) {
+        let same = truth.len() == predicted.len() && truth.iter().all(|t| predicted.contains(t));
+        self.exact += same as u64;
+        self.texts += 1;
+    }
+
+    fn exact_match(&self) -> f64 {
+        ratio(self.exact, self.texts)
+    }
+
+    fn per_label(&self, labels: &[String]) -> Vec<LabelMetrics> {
+        (0..self.tp.len())
+            .map(|l| {
+                let (tp, fp, fn_) = (self.tp[l], self.fp[l], self.fn_[l]);
+                LabelMetrics {
+                    label: labels.get(l).cloned().unwrap_or_else(|| l.to_string()),
+                    support: tp + fn_,
+                    precision: ratio(tp, tp + fp),
+                    recall: ratio(tp, tp + fn_),
+                    f1: f1(tp, fp, fn_),
+                }
+            })
+            .collect()
+    }
+
+    /// The counts of all labels pooled: `(tp, fp, fn)`.
+    fn pooled(&self) -> (u64, u64, u64) {
+        let sum = |v: &[u64]| v.iter().sum::<u64>();
+        (sum(&self.tp), sum(&self.fp), sum(&self.fn_))
+    }
+}
+
+/// Counts for multi-label scoring: true positives, false positives and
+/// false negatives of each label, and texts whose whole set was right.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LabelCounts(Tally);
 
 /// Precision, recall and F1 of one label of a multi-label model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -301,76 +326,56 @@ fn f1(tp: u64, fp: u64, fn_: u64) -> f64 {
 
 impl LabelCounts {
     pub fn new(n_labels: usize) -> LabelCounts {
-        LabelCounts {
-            tp: vec![0; n_labels],
-            fp: vec![0; n_labels],
-            fn_: vec![0; n_labels],
-            exact: 0,
-            texts: 0,
-        }
+        LabelCounts(Tally::new(n_labels))
     }
 
     /// Adds one text: its true and its predicted label indices (each
     /// index once; any order).
     pub fn add(&mut self, truth: &[usize], predicted: &[usize]) {
-        for l in 0..self.tp.len() {
+        let t = &mut self.0;
+        for l in 0..t.tp.len() {
             match (truth.contains(&l), predicted.contains(&l)) {
-                (true, true) => self.tp[l] += 1,
-                (false, true) => self.fp[l] += 1,
-                (true, false) => self.fn_[l] += 1,
+                (true, true) => t.tp[l] += 1,
+                (false, true) => t.fp[l] += 1,
+                (true, false) => t.fn_[l] += 1,
                 (false, false) => {}
             }
         }
-        let same = truth.len() == predicted.len() && truth.iter().all(|t| predicted.contains(t));
-        self.exact += same as u64;
-        self.texts += 1;
+        t.text(truth, predicted);
     }
 
     pub fn texts(&self) -> u64 {
-        self.texts
+        self.0.texts
     }
 
     /// Share of texts whose predicted set is exactly the true one.
     pub fn exact_match(&self) -> f64 {
-        ratio(self.exact, self.texts)
+        self.0.exact_match()
     }
 
     /// Texts whose predicted set is exactly the true one.
     pub fn exact(&self) -> u64 {
-        self.exact
+        self.0.exact
     }
 
     pub fn per_label(&self, labels: &[String]) -> Vec<LabelMetrics> {
-        (0..self.tp.len())
-            .map(|l| {
-                let (tp, fp, fn_) = (self.tp[l], self.fp[l], self.fn_[l]);
-                LabelMetrics {
-                    label: labels.get(l).cloned().unwrap_or_else(|| l.to_string()),
-                    support: tp + fn_,
-                    precision: ratio(tp, tp + fp),
-                    recall: ratio(tp, tp + fn_),
-                    f1: f1(tp, fp, fn_),
-                }
-            })
-            .collect()
+        self.0.per_label(labels)
     }
 
     /// F1 over all labels' counts pooled.
     pub fn micro_f1(&self) -> f64 {
-        let sum = |v: &[u64]| v.iter().sum::<u64>();
-        f1(sum(&self.tp), sum(&self.fp), sum(&self.fn_))
+        let (tp, fp, fn_) = self.0.pooled();
+        f1(tp, fp, fn_)
     }
 
     /// The mean of the labels' F1s.
     pub fn macro_f1(&self) -> f64 {
-        let n = self.tp.len();
+        let t = &self.0;
+        let n = t.tp.len();
         if n == 0 {
             return 0.0;
         }
-        (0..n)
-            .map(|l| f1(self.tp[l], self.fp[l], self.fn_[l]))
-            .sum::<f64>()
-            / n as f64
+        (0..n).map(|l| f1(t.tp[l], t.fp[l], t.fn_[l])).sum::<f64>() / n as f64
     }
 }
 
