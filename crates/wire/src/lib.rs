@@ -14,8 +14,9 @@
 //! - [`line`](mod@line): [`LineReader`], `\n`-terminated lines into a fixed buffer.
 //! - [`request`]: the request decoder and the JSON-string unescaper; texts
 //!   are unescaped once, into [`Texts`].
-//! - [`response`]: the server's response encoders and the client's decoder
-//!   of the same lines.
+//! - [`response`]: the server's response encoders (labels, vectors, an NER
+//!   model's entities with char offsets) and the client's decoders of the
+//!   same lines.
 //! - [`frame`]: the serial line's `*XXXXXXXX` CRC-32 suffix.
 
 pub mod code;
@@ -29,5 +30,8 @@ pub use line::{Line, LineReader};
 pub use request::{
     decode, decode_request, Op, Refusal, Req, Request, Texts, VectorFormat, MAX_TEXTS,
 };
-pub use response::{encode_error, label_tokens, write_with_id, Embedded, Scored};
+pub use response::{
+    encode_error, label_tokens, write_with_id, Embedded, EntitiesAnswer, Found, NamedEntity,
+    Scored, Tagged,
+};
 pub use serde_json::value::RawValue;

@@ -202,10 +202,7 @@ pub fn write_embedding(out: &mut Vec<u8>, id: Option<&RawValue>, e: &Embedded<'_
 /// a whole response), scaled back to floats when it came as int8.
 pub fn decode_embedding(v: &serde_json::Value) -> Result<Vec<f32>, ReplyError> {
     if let Some(err) = v.get("error") {
-        return Err(ReplyError::Server {
-            code: err["code"].as_str().unwrap_or("unknown").to_string(),
-            message: err["message"].as_str().unwrap_or("").to_string(),
-        });
+        return Err(server_error(err));
     }
     let bad = |what: &str| ReplyError::Malformed(format!("{what} in {v}"));
     let scale = match v.get("scale") {
@@ -218,6 +215,184 @@ pub fn decode_embedding(v: &serde_json::Value) -> Result<Vec<f32>, ReplyError> {
         .iter()
         .map(|x| Ok(x.as_f64().ok_or_else(|| bad("bad value"))? as f32 * scale))
         .collect()
+}
+
+/// Writes `s` as a JSON string (quotes included): `"` and `\` escaped,
+/// control characters as `\n`, `\r`, `\t` or `\u00XX`, everything else
+/// as its UTF-8 bytes. Allocates nothing once `out` has the capacity (at
+/// most `6 * s.len() + 2` bytes).
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        plain = i + 1;
+        if esc.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+    }
+    out.extend_from_slice(&bytes[plain..]);
+    out.push(b'"');
+}
+
+/// One entity as the encoder takes it (borrowed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Found<'a> {
+    /// Its type, as a JSON string token (see [`label_tokens`]).
+    pub label: &'a str,
+    /// Its byte span in the text.
+    pub bytes: (usize, usize),
+    /// Its score (the mean probability of its tokens' tags).
+    pub score: f32,
+}
+
+/// The rest of an NER answer, as the encoder takes it (borrowed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tagged<'a> {
+    /// The text the entities were found in.
+    pub text: &'a str,
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+    /// Whether the text was cut to the model's maximum length.
+    pub truncated: bool,
+    /// The model that answered, as a JSON string token.
+    pub model: Option<&'a str>,
+}
+
+/// Writes the fields of an NER answer: `"entities":[{"label":..,"start":..,
+/// "end":..,"text":..,"score":..},..],"tokens":..,"truncated":..` (no
+/// braces). `start` and `end` are char (Unicode scalar) offsets into the
+/// text, `text` the entity's own text. `found` must be in text order and
+/// disjoint, on char boundaries (as a tokenizer's spans are); an entity
+/// that is not is left out rather than written wrong. Allocates nothing
+/// once `out` has the capacity.
+pub fn write_entities_fields<'a>(
+    out: &mut Vec<u8>,
+    t: &Tagged<'_>,
+    found: impl IntoIterator<Item = Found<'a>>,
+) {
+    use std::io::Write;
+    out.extend_from_slice(b"\"entities\":[");
+    // Where the last entity ended, in bytes and in chars.
+    let (mut byte, mut char) = (0usize, 0usize);
+    let mut first = true;
+    for f in found {
+        let (a, b) = f.bytes;
+        if a < byte || b < a {
+            continue;
+        }
+        let (Some(gap), Some(surface)) = (t.text.get(byte..a), t.text.get(a..b)) else {
+            continue;
+        };
+        let start = char + gap.chars().count();
+        let end = start + surface.chars().count();
+        (byte, char) = (b, end);
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(b"{\"label\":");
+        out.extend_from_slice(f.label.as_bytes());
+        let _ = write!(out, ",\"start\":{start},\"end\":{end},\"text\":");
+        write_json_str(out, surface);
+        let _ = write!(out, ",\"score\":{}}}", f.score);
+    }
+    let _ = write!(
+        out,
+        "],\"tokens\":{},\"truncated\":{}",
+        t.tokens, t.truncated
+    );
+    if let Some(model) = t.model {
+        out.extend_from_slice(b",\"model\":");
+        out.extend_from_slice(model.as_bytes());
+    }
+}
+
+/// One entity read back from an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedEntity {
+    /// Its type (`PER`, `LOC`, ...).
+    pub label: String,
+    /// Its char offsets in the text, `start..end`.
+    pub start: usize,
+    pub end: usize,
+    /// Its own text.
+    pub text: String,
+    pub score: f32,
+}
+
+/// An NER answer read back by a client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntitiesAnswer {
+    /// In text order.
+    pub entities: Vec<NamedEntity>,
+    pub tokens: usize,
+    pub truncated: bool,
+}
+
+/// Reads an NER answer (an element of `results`, or a whole response).
+pub fn decode_entities(v: &serde_json::Value) -> Result<EntitiesAnswer, ReplyError> {
+    if let Some(err) = v.get("error") {
+        return Err(server_error(err));
+    }
+    let bad = |what: &str| ReplyError::Malformed(format!("{what} in {v}"));
+    let entities = v["entities"]
+        .as_array()
+        .ok_or_else(|| bad("no entities"))?
+        .iter()
+        .map(|e| {
+            let offset = |k: &str| e[k].as_u64().map(|n| n as usize);
+            let (Some(label), Some(start), Some(end), Some(text), Some(score)) = (
+                e["label"].as_str(),
+                offset("start"),
+                offset("end"),
+                e["text"].as_str(),
+                e["score"].as_f64(),
+            ) else {
+                return Err(bad("a bad entity"));
+            };
+            if end < start {
+                return Err(bad("an entity ending before it starts"));
+            }
+            Ok(NamedEntity {
+                label: label.to_string(),
+                start,
+                end,
+                text: text.to_string(),
+                score: score as f32,
+            })
+        })
+        .collect::<Result<Vec<_>, ReplyError>>()?;
+    Ok(EntitiesAnswer {
+        entities,
+        tokens: v["tokens"].as_u64().ok_or_else(|| bad("no tokens"))? as usize,
+        truncated: v["truncated"]
+            .as_bool()
+            .ok_or_else(|| bad("no truncated"))?,
+    })
+}
+
+/// The error object of a response, as a [`ReplyError`].
+fn server_error(err: &serde_json::Value) -> ReplyError {
+    ReplyError::Server {
+        code: err["code"].as_str().unwrap_or("unknown").to_string(),
+        message: err["message"].as_str().unwrap_or("").to_string(),
+    }
 }
 
 /// One classification as the encoders take it (borrowed, so the server's
@@ -268,10 +443,7 @@ pub enum ReplyError {
 /// with id `id`.
 pub fn decode_answer(v: &serde_json::Value, id: u64) -> Result<Answer, ReplyError> {
     if let Some(err) = v.get("error") {
-        return Err(ReplyError::Server {
-            code: err["code"].as_str().unwrap_or("unknown").to_string(),
-            message: err["message"].as_str().unwrap_or("").to_string(),
-        });
+        return Err(server_error(err));
     }
     let bad = |what: &str| ReplyError::Malformed(format!("{what} in {v}"));
     if v["id"] != serde_json::json!(id) {
@@ -504,6 +676,102 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn writes_entities_with_char_offsets() {
+        let text = "Zoë met \"Ann\" in Paris\n";
+        let kinds = label_tokens(&["PER".into(), "LOC\"x".into()]);
+        let found = [
+            Found {
+                label: &kinds[0],
+                bytes: (0, 4), // "Zoë": 4 bytes, 3 chars
+                score: 0.5,
+            },
+            Found {
+                label: &kinds[0],
+                bytes: (10, 14), // "Ann\""
+                score: 0.25,
+            },
+            Found {
+                label: &kinds[1],
+                bytes: (18, 24), // "Paris\n"
+                score: 0.75,
+            },
+        ];
+        let t = Tagged {
+            text,
+            tokens: 9,
+            truncated: false,
+            model: Some(r#""ner@1""#),
+        };
+        let mut out = Vec::with_capacity(512);
+        write_answer_start(&mut out, None);
+        write_entities_fields(&mut out, &t, found);
+        out.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"id": null, "entities": [
+                {"label": "PER", "start": 0, "end": 3, "text": "Zoë", "score": 0.5},
+                {"label": "PER", "start": 9, "end": 13, "text": "Ann\"", "score": 0.25},
+                {"label": "LOC\"x", "start": 17, "end": 23, "text": "Paris\n", "score": 0.75},
+            ], "tokens": 9, "truncated": false, "model": "ner@1"})
+        );
+        let a = decode_entities(&v).unwrap();
+        assert_eq!(a.entities.len(), 3);
+        assert_eq!(a.entities[2].text, "Paris\n");
+        assert_eq!((a.tokens, a.truncated), (9, false));
+        // Out of order, overlapping, backwards or off a char boundary:
+        // left out, never written wrong.
+        let odd = [
+            found[1],
+            found[0],
+            Found {
+                bytes: (3, 4),
+                ..found[0]
+            }, // inside "ë"
+            Found {
+                bytes: (16, 15),
+                ..found[0]
+            },
+            Found {
+                bytes: (19, 99),
+                ..found[0]
+            },
+            found[2],
+        ];
+        out.clear();
+        write_answer_start(&mut out, None);
+        write_entities_fields(&mut out, &t, odd);
+        out.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let texts: Vec<_> = decode_entities(&v)
+            .unwrap()
+            .entities
+            .into_iter()
+            .map(|e| e.text)
+            .collect();
+        assert_eq!(texts, ["Ann\"", "Paris\n"]);
+        // No entities; an error; a malformed entity.
+        out.clear();
+        write_answer_start(&mut out, None);
+        write_entities_fields(&mut out, &t, []);
+        out.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(decode_entities(&v).unwrap().entities, []);
+        let e: serde_json::Value =
+            serde_json::from_str(&encode_error(None, ErrorCode::WrongTask, "no")).unwrap();
+        assert!(matches!(
+            decode_entities(&e),
+            Err(ReplyError::Server { .. })
+        ));
+        let bad = json!({"entities": [{"label": "X", "start": 3, "end": 1, "text": "", "score": 1}],
+            "tokens": 1, "truncated": false});
+        assert!(matches!(
+            decode_entities(&bad),
+            Err(ReplyError::Malformed(_))
+        ));
+    }
+
     proptest::proptest! {
         /// The int8 form of any vector is within half a step of each value,
         /// and the largest magnitude maps to ±127.
@@ -519,6 +787,52 @@ mod tests {
                 if x.abs() == max && max > 0.0 {
                     proptest::prop_assert_eq!(q.unsigned_abs(), 127);
                 }
+            }
+        }
+
+        /// Any string written as JSON reads back as itself, within the
+        /// capacity the doc gives.
+        #[test]
+        fn json_strings_read_back(s in "\\PC*|[\\x00-\\x1f\"\\\\a-z]*") {
+            let mut out = Vec::new();
+            write_json_str(&mut out, &s);
+            proptest::prop_assert!(out.len() <= 6 * s.len() + 2);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            proptest::prop_assert_eq!(back, s);
+        }
+
+        /// Entities at any char-aligned, ordered, disjoint spans of any
+        /// text read back with char offsets that index their own text.
+        #[test]
+        fn entity_offsets_index_the_text(
+            text in "\\PC{0,40}",
+            cuts in proptest::collection::vec(0usize..200, 0..12),
+        ) {
+            let mut bounds: Vec<usize> = cuts
+                .iter()
+                .map(|c| c % (text.len() + 1))
+                .filter(|&b| text.is_char_boundary(b))
+                .collect();
+            bounds.sort_unstable();
+            bounds.dedup();
+            let kinds = label_tokens(&["T".into()]);
+            let found: Vec<Found> = bounds
+                .chunks_exact(2)
+                .map(|p| Found { label: &kinds[0], bytes: (p[0], p[1]), score: 0.5 })
+                .collect();
+            let mut out = Vec::new();
+            let t = Tagged { text: &text, tokens: 1, truncated: false, model: None };
+            write_answer_start(&mut out, None);
+            write_entities_fields(&mut out, &t, found.iter().copied());
+            out.push(b'}');
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let a = decode_entities(&v).unwrap();
+            proptest::prop_assert_eq!(a.entities.len(), found.len());
+            let chars: Vec<char> = text.chars().collect();
+            for (e, f) in a.entities.iter().zip(&found) {
+                let by_chars: String = chars[e.start..e.end].iter().collect();
+                proptest::prop_assert_eq!(&by_chars, &e.text);
+                proptest::prop_assert_eq!(&text[f.bytes.0..f.bytes.1], e.text.as_str());
             }
         }
 
