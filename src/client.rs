@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use edge_bert_model::{Classification, Error, Result};
 use edge_bert_wire::frame::{self, Frame};
-use edge_bert_wire::response::{decode_answer, ReplyError};
+use edge_bert_wire::response::{decode_answer, decode_entities, ReplyError};
+use edge_bert_wire::EntitiesAnswer;
 use edge_bert_wire::{Line, LineReader};
 
 use crate::tty::Port;
@@ -81,6 +82,52 @@ impl Client {
         let v = self.request(&req)?;
         parse_classification(&v, id)
     }
+
+    /// Sends one text as a classify request and reads whatever the served
+    /// model answers: labels, or an NER model's entities.
+    pub fn answer_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Reply> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut req = classify_request(text, threshold);
+        req["id"] = json!(id);
+        let v = self.request(&req)?;
+        parse_reply(&v, id)
+    }
+}
+
+/// What a server answered for one text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A classifier's (or multi-label model's) labels.
+    Labels(Classification),
+    /// An NER model's entities, with char offsets.
+    Entities(EntitiesAnswer),
+}
+
+/// Reads a response to the text request with id `id`: entities when it
+/// carries them, else a classification.
+pub fn parse_reply(v: &Value, id: u64) -> Result<Reply> {
+    if v.get("entities").is_none() || v.get("error").is_some() {
+        return parse_classification(v, id).map(Reply::Labels);
+    }
+    if v["id"] != json!(id) {
+        return Err(remote(ReplyError::Malformed(format!(
+            "unexpected id in {v}"
+        ))));
+    }
+    decode_entities(v).map(Reply::Entities).map_err(remote)
+}
+
+/// A reply error as the library's error.
+fn remote(e: ReplyError) -> Error {
+    match e {
+        ReplyError::Server { code, .. } if code == "empty_text" => Error::EmptyText,
+        ReplyError::Server { code, message } => Error::Remote { code, message },
+        ReplyError::Malformed(message) => Error::Remote {
+            code: "bad_response".into(),
+            message,
+        },
+    }
 }
 
 /// A request to classify `text`, with the request's own `threshold` (for a
@@ -106,12 +153,7 @@ pub fn parse_classification(v: &Value, id: u64) -> Result<Classification> {
             tokens: a.tokens,
             truncated: a.truncated,
         }),
-        Err(ReplyError::Server { code, .. }) if code == "empty_text" => Err(Error::EmptyText),
-        Err(ReplyError::Server { code, message }) => Err(Error::Remote { code, message }),
-        Err(ReplyError::Malformed(message)) => Err(Error::Remote {
-            code: "bad_response".into(),
-            message,
-        }),
+        Err(e) => Err(remote(e)),
     }
 }
 
@@ -273,6 +315,13 @@ impl SerialClient {
     pub fn classify_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification> {
         let v = self.request(classify_request(text, threshold))?;
         parse_classification(&v, self.next_id)
+    }
+
+    /// Sends one text as a classify request and reads whatever the served
+    /// model answers: labels, or an NER model's entities.
+    pub fn answer_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Reply> {
+        let v = self.request(classify_request(text, threshold))?;
+        parse_reply(&v, self.next_id)
     }
 }
 

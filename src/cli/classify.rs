@@ -4,9 +4,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use edge_bert::client::{Client, SerialClient};
+use edge_bert::client::{Client, Reply, SerialClient};
 use edge_bert_model::manifest::Task;
-use edge_bert_model::{Classification, Classifier, Error};
+use edge_bert_model::{Classification, Classifier, Entities, Error};
+use edge_bert_wire::{EntitiesAnswer, NamedEntity};
 
 use super::{load_with, Failure, EXIT_CONNECT, EXIT_INPUT, EXIT_USAGE};
 
@@ -128,12 +129,42 @@ enum Backend {
 const SERIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Backend {
-    fn classify(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification, Error> {
+    /// One text's answer: labels, or an NER model's entities.
+    fn answer(&mut self, text: &str, threshold: Option<f32>) -> Result<Reply, Error> {
         match self {
-            Backend::Local(c) => c.classify_at(text, threshold),
-            Backend::Remote(c) => c.classify_at(text, threshold),
-            Backend::Serial(c) => c.classify_at(text, threshold),
+            Backend::Local(c) if matches!(c.task(), Task::Ner) => {
+                let e = c.entities(text)?;
+                Ok(Reply::Entities(named(c, text, &e)))
+            }
+            Backend::Local(c) => c.classify_at(text, threshold).map(Reply::Labels),
+            Backend::Remote(c) => c.answer_at(text, threshold),
+            Backend::Serial(c) => c.answer_at(text, threshold),
         }
+    }
+}
+
+/// Entities found in-process, as a server would send them: types by name,
+/// char offsets, each entity's own text.
+fn named(c: &Classifier, text: &str, e: &Entities) -> EntitiesAnswer {
+    let types = c.tag_set().map(|t| t.types()).unwrap_or_default();
+    let entities = e
+        .found
+        .iter()
+        .map(|x| {
+            let (start, end) = edge_bert_model::ner::char_span(text, x.span);
+            NamedEntity {
+                label: types.get(usize::from(x.kind)).cloned().unwrap_or_default(),
+                start,
+                end,
+                text: text[x.span.0 as usize..x.span.1 as usize].to_string(),
+                score: x.score,
+            }
+        })
+        .collect();
+    EntitiesAnswer {
+        entities,
+        tokens: e.tokens,
+        truncated: e.truncated,
     }
 }
 
@@ -170,68 +201,46 @@ fn flat(text: &str) -> String {
         .collect()
 }
 
-/// One text through an NER model: a line of its entities (`-` for none),
-/// each `TYPE start..end "surface" score` with char offsets, then the
-/// text; or with `--json` an object with `entities`. Ok(false): the text
-/// was refused (reported on stderr).
-fn entities(
-    c: &mut Classifier,
-    n: usize,
-    text: &str,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<bool, Failure> {
-    let e = match c.entities(text) {
-        Ok(e) => e,
-        Err(e @ Error::EmptyText) => {
-            eprintln!("edge-bert: text {n}: {e}");
-            return Ok(false);
-        }
-        Err(e) => return Err(Failure::new(1, format!("text {n}: {e}"))),
-    };
-    if e.truncated {
-        log::warn!("text {n} truncated to {} tokens", e.tokens);
-    }
-    let types = c.tag_set().map(|t| t.types()).unwrap_or_default();
-    let found = e.found.iter().map(|x| {
-        let (start, end) = edge_bert_model::ner::char_span(text, x.span);
-        let surface = &text[x.span.0 as usize..x.span.1 as usize];
-        (
-            types[x.kind as usize].as_str(),
-            start,
-            end,
-            surface,
-            x.score,
-        )
-    });
-    let line = if json {
-        let list: Vec<_> = found
-            .map(|(label, start, end, surface, score)| {
-                serde_json::json!({"label": label, "start": start, "end": end, "text": surface, "score": score})
+/// An NER answer as one line: its entities (`-` for none), each
+/// `TYPE start..end "text" score` with char offsets, then the text; or
+/// with `json` an object with `entities`.
+fn entities_line(e: &EntitiesAnswer, text: &str, json: bool) -> String {
+    if json {
+        let list: Vec<_> = e
+            .entities
+            .iter()
+            .map(|x| {
+                serde_json::json!({"label": x.label, "start": x.start, "end": x.end, "text": x.text, "score": x.score})
             })
             .collect();
-        serde_json::json!({
+        return serde_json::json!({
             "entities": list,
             "tokens": e.tokens,
             "truncated": e.truncated,
             "text": text,
         })
-        .to_string()
+        .to_string();
+    }
+    let list: Vec<String> = e
+        .entities
+        .iter()
+        .map(|x| {
+            format!(
+                "{} {}..{} {:?} {:.4}",
+                x.label,
+                x.start,
+                x.end,
+                flat(&x.text),
+                x.score
+            )
+        })
+        .collect();
+    let list = if list.is_empty() {
+        "-".to_string()
     } else {
-        let list: Vec<String> = found
-            .map(|(label, start, end, surface, score)| {
-                format!("{label} {start}..{end} {:?} {score:.4}", flat(surface))
-            })
-            .collect();
-        let list = if list.is_empty() {
-            "-".to_string()
-        } else {
-            list.join("; ")
-        };
-        format!("{list}\t{}", flat(text))
+        list.join("; ")
     };
-    writeln!(out, "{line}").map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
-    Ok(true)
+    format!("{list}\t{}", flat(text))
 }
 
 fn classify(
@@ -244,16 +253,8 @@ fn classify(
     let mut out = std::io::BufWriter::new(stdout.lock());
     // Ok(false): this text was refused (reported on stderr), go on with the rest.
     let mut one = |n: usize, text: &str, out: &mut dyn Write| -> Result<bool, Failure> {
-        if let Backend::Local(c) = &mut clf {
-            if matches!(c.task(), Task::Ner) {
-                return entities(c, n, text, json, out);
-            }
-        }
-        match clf.classify(text, threshold) {
-            Ok(c) => {
-                if c.truncated {
-                    log::warn!("text {n} truncated to {} tokens", c.tokens);
-                }
+        let (line, truncated) = match clf.answer(text, threshold) {
+            Ok(Reply::Labels(c)) => {
                 let line = if json {
                     classification_json(&c, text).to_string()
                 } else {
@@ -266,14 +267,22 @@ fn classify(
                         None => format!("{}\t{:.4}\t{}", c.label, c.score, flat),
                     }
                 };
-                writeln!(out, "{line}").map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
+                (line, c.truncated.then_some(c.tokens))
             }
+            Ok(Reply::Entities(e)) => (
+                entities_line(&e, text, json),
+                e.truncated.then_some(e.tokens),
+            ),
             Err(e @ Error::EmptyText) => {
                 eprintln!("edge-bert: text {n}: {e}");
                 return Ok(false);
             }
             Err(e) => return Err(Failure::new(1, format!("text {n}: {e}"))),
+        };
+        if let Some(tokens) = truncated {
+            log::warn!("text {n} truncated to {tokens} tokens");
         }
+        writeln!(out, "{line}").map_err(|e| Failure::new(1, format!("stdout: {e}")))?;
         Ok(true)
     };
     let failed = super::each_text(texts, |n, text| one(n, text, &mut out))?;

@@ -166,8 +166,7 @@ fn serve(
     let peak = server::peak_rss_kib();
     let sessions = cfg.max_sessions();
     if let (Some(budget), Some(peak)) = (memory_budget, peak) {
-        let (peak_mib, buffers_mib) =
-            cfg.memory_need_mib(peak, &clf.manifest().labels, clf.task().dim());
+        let (peak_mib, buffers_mib) = cfg.memory_need_mib(peak, &clf);
         let total = peak_mib + buffers_mib;
         if total > budget {
             return Err(Failure::new(
@@ -191,7 +190,7 @@ fn serve(
     );
     log::info!(
         "{sessions} sessions' buffers take up to {} KiB when all are open",
-        sessions * cfg.session_bytes(&clf.manifest().labels, clf.task().dim()) / 1024
+        sessions * cfg.session_bytes(&clf) / 1024
     );
     server::serve(clf, cfg, signals).map_err(|e| {
         let code = match e {

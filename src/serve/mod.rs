@@ -19,6 +19,8 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edge_bert_model::manifest::Task;
+use edge_bert_model::ner::Entity;
 use edge_bert_model::{alloc_probe, Classifier, Error, Result};
 use edge_bert_wire::{encode_error, frame, label_tokens, ErrorCode, MAX_TEXTS};
 
@@ -93,22 +95,21 @@ impl Config {
     }
 
     /// The bytes one session allocates when it opens (line reader, texts,
-    /// the worker slot's text and vector, and the response buffer), for a
-    /// model with these labels and vectors of `dim` values (0 for a
-    /// classifier); [`Config::max_sessions`] of them may be open.
-    pub fn session_bytes(&self, labels: &[String], dim: usize) -> usize {
+    /// the worker slot's text, vector and entity buffers, and the response
+    /// buffer) for `clf`; [`Config::max_sessions`] of them may be open.
+    pub fn session_bytes(&self, clf: &Classifier) -> usize {
         let line = self.max_text_bytes + frame::SUFFIX_LEN + 2;
         let texts = 2 * (self.max_text_bytes + 8);
-        let vector = dim * std::mem::size_of::<f32>();
-        line + texts + vector + out_capacity(self.max_text_bytes, &label_tokens(labels), dim)
+        let vector = clf.task().dim() * std::mem::size_of::<f32>();
+        let entities = max_entities(clf) * std::mem::size_of::<Entity>();
+        line + texts + vector + entities + out_capacity(self.max_text_bytes, clf)
     }
 
     /// What `--memory-budget` is held to, in MiB: a resident peak (KiB)
-    /// and the buffers of [`Config::max_sessions`] sessions for a model
-    /// with these labels and vector size (allocated as clients connect, so
-    /// counted now).
-    pub fn memory_need_mib(&self, peak_kib: u64, labels: &[String], dim: usize) -> (u64, u64) {
-        let buffers = (self.max_sessions() * self.session_bytes(labels, dim)) as u64;
+    /// and the buffers of [`Config::max_sessions`] sessions for `clf`
+    /// (allocated as clients connect, so counted now).
+    pub fn memory_need_mib(&self, peak_kib: u64, clf: &Classifier) -> (u64, u64) {
+        let buffers = (self.max_sessions() * self.session_bytes(clf)) as u64;
         (peak_kib.div_ceil(1024), buffers.div_ceil(1 << 20))
     }
 }
@@ -117,14 +118,40 @@ impl Config {
 /// its shortest form (`-1.2345678e-12`) and a comma.
 const VALUE_BYTES: usize = 16;
 
-/// Response buffer capacity that no answer exceeds (unless its id is
-/// longer than the line limit allows): [`MAX_TEXTS`] classifications over
-/// `labels`, or as many vectors of `dim` values.
-fn out_capacity(max_text_bytes: usize, labels: &[String], dim: usize) -> usize {
+/// The most entities one text can give: one per token (an NER model's
+/// maximum length; 0 for other tasks).
+fn max_entities(clf: &Classifier) -> usize {
+    match clf.task() {
+        Task::Ner => clf.manifest().max_seq_len,
+        _ => 0,
+    }
+}
+
+/// Response buffer capacity that no answer from `clf` exceeds (unless its
+/// id is longer than the line limit allows): [`MAX_TEXTS`]
+/// classifications over its labels, as many vectors, or the entities of
+/// texts that share one request line.
+fn out_capacity(max_text_bytes: usize, clf: &Classifier) -> usize {
+    let labels = label_tokens(&clf.manifest().labels);
     // Each label in `scores`, and again in a multi-label answer's `labels`.
     let classified = 128 + labels.iter().map(|l| 2 * l.len() + 26).sum::<usize>();
-    let embedded = 128 + dim * VALUE_BYTES;
-    max_text_bytes + 64 + MAX_TEXTS * classified.max(embedded)
+    let embedded = 128 + clf.task().dim() * VALUE_BYTES;
+    let per_text = classified.max(embedded);
+    let entities = match clf.tag_set() {
+        // Every entity's fields (its type, two offsets, a score) and its
+        // text, escaped at most 6 bytes a byte. The entities of one line's
+        // texts are disjoint spans, so their texts add up to the line at
+        // most, and there are no more of them than its bytes or its
+        // texts' tokens.
+        Some(tags) => {
+            let kind = label_tokens(tags.types()).iter().map(String::len).max();
+            let each = 80 + kind.unwrap_or(0);
+            let count = max_text_bytes.min(MAX_TEXTS * max_entities(clf));
+            count * each + 6 * max_text_bytes
+        }
+        None => 0,
+    };
+    max_text_bytes + 64 + MAX_TEXTS * per_text + entities
 }
 
 /// The default Unix socket: `$XDG_RUNTIME_DIR/edge-bert.sock`, else
@@ -220,6 +247,10 @@ pub(crate) struct Shared {
     /// Values in a vector of the model served at start (0: a classifier):
     /// each session's vector buffer is made this big.
     pub(crate) dim: usize,
+    /// The most entities one text gives with the model served at start
+    /// (0: not an NER model): each session's entity buffer is made this
+    /// big.
+    pub(crate) entities: usize,
     /// Set when the inference worker failed (it panicked): `health` says
     /// so, and the server stops and exits non-zero.
     pub(crate) failure: Mutex<Option<String>>,
@@ -492,8 +523,9 @@ pub fn serve(clf: Classifier, cfg: Config, signals: Signals) -> Result<()> {
     let shared = Arc::new(Shared {
         jobs: Mutex::new(Some(tx)),
         metrics: Metrics::new(),
-        out_capacity: out_capacity(cfg.max_text_bytes, &served.labels, clf.task().dim()),
+        out_capacity: out_capacity(cfg.max_text_bytes, &clf),
         dim: clf.task().dim(),
+        entities: max_entities(&clf),
         served: Mutex::new(served.clone()),
         source: cfg.source.clone(),
         reloading: AtomicBool::new(false),

@@ -79,6 +79,9 @@ pub(crate) struct Served {
     pub(crate) id: ModelId,
     /// Labels as JSON string tokens, escaped once.
     pub(crate) labels: Vec<String>,
+    /// An NER model's entity types as JSON string tokens (empty for other
+    /// tasks).
+    pub(crate) kinds: Vec<String>,
     /// [`ModelId::tag`] as a JSON string token.
     pub(crate) token: String,
     /// A multi-label model's own threshold (`None`: not multi-label).
@@ -105,6 +108,9 @@ impl Served {
             info["dim"] = dim.into();
             info["pooling"] = pooling.name().into();
         }
+        if let Some(tags) = clf.tag_set() {
+            info["entity_types"] = json!(tags.types());
+        }
         let threshold = match clf.task() {
             Task::Multilabel { threshold } => Some(threshold),
             _ => None,
@@ -116,6 +122,9 @@ impl Served {
         Served {
             threshold,
             labels: label_tokens(&m.labels),
+            kinds: clf
+                .tag_set()
+                .map_or_else(Vec::new, |t| label_tokens(t.types())),
             token: Value::from(id.tag()).to_string(),
             id,
             info,
@@ -266,10 +275,7 @@ fn attempt(shared: &Shared) -> std::result::Result<Value, String> {
     let peak = peak_rss_kib().unwrap_or(0);
     let id = ModelId::of(&clf, signed.as_ref());
     if let Some(budget) = source.memory_budget_mib {
-        let (peak_mib, buffers_mib) =
-            shared
-                .cfg
-                .memory_need_mib(peak, &clf.manifest().labels, clf.task().dim());
+        let (peak_mib, buffers_mib) = shared.cfg.memory_need_mib(peak, &clf);
         if peak_mib + buffers_mib > budget {
             return Err(format!(
                 "{}: peak memory during the reload was {peak_mib} MiB (old and new model) plus {buffers_mib} MiB of session buffers, over --memory-budget {budget}",

@@ -10,11 +10,12 @@ use std::time::Instant;
 use edge_bert_model::Outcome;
 use edge_bert_wire::frame::{self, Frame};
 use edge_bert_wire::response::{
-    write_answer_start, write_embedding_fields, write_outcome, write_results_start,
+    write_answer_start, write_embedding_fields, write_entities_fields, write_outcome,
+    write_results_start,
 };
 use edge_bert_wire::{
-    decode, encode_error, write_with_id, Embedded, ErrorCode, Line, LineReader, Op, RawValue, Req,
-    Scored, Texts, VectorFormat,
+    decode, encode_error, write_with_id, Embedded, ErrorCode, Found, Line, LineReader, Op,
+    RawValue, Req, Scored, Tagged, Texts, VectorFormat,
 };
 use serde_json::json;
 
@@ -122,7 +123,7 @@ pub(super) fn run(
     let mut session = Session {
         texts: Texts::with_capacity(max + 8),
         out: Vec::with_capacity(shared.out_capacity),
-        slot: Slot::new(max + 8, shared.dim),
+        slot: Slot::new(max + 8, shared.dim, shared.entities),
     };
     let mut idle_since = Instant::now();
     let mut stop_by: Option<Instant> = None;
@@ -248,8 +249,9 @@ fn scored<'a>(o: &'a Outcome, served: &'a Served, threshold: Option<f32>) -> Sco
 /// Writes the response to one request line into `session.out`, whatever
 /// the transport; `stopping` (past the shutdown grace) answers texts
 /// `shutting_down` instead of running them. Every id is echoed as the raw
-/// token it was sent as. A classification or an embedding allocates
-/// nothing here (see `tests/it/alloc.rs`); ops and errors may.
+/// token it was sent as. A classification, an embedding or a text's
+/// entities allocate nothing here (see `tests/it/alloc.rs`); ops and
+/// errors may.
 fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool, control: bool) {
     session.out.clear();
     let req = match decode(bytes, &mut session.texts) {
@@ -313,6 +315,25 @@ fn respond(shared: &Shared, bytes: &[u8], session: &mut Session, stopping: bool,
                     model: Some(&served.token),
                 };
                 write_embedding_fields(out, &e, int8);
+            }
+            Done::Entities { tokens, truncated } => {
+                let t = Tagged {
+                    text,
+                    tokens,
+                    truncated,
+                    model: Some(&served.token),
+                };
+                let found = slot.entities().iter().map(|e| Found {
+                    // The types of the model that found them (it answers
+                    // with its own `served`).
+                    label: served
+                        .kinds
+                        .get(usize::from(e.kind))
+                        .map_or("null", String::as_str),
+                    bytes: (e.span.0 as usize, e.span.1 as usize),
+                    score: e.score,
+                });
+                write_entities_fields(out, &t, found);
             }
         }
         out.push(b'}');

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edge_bert_model::manifest::Task;
+use edge_bert_model::ner::Entity;
 use edge_bert_model::{alloc_probe, Classifier, Error, Outcome, Result};
 use edge_bert_wire::ErrorCode;
 
@@ -18,12 +19,11 @@ use super::{Fault, Shared, TICK};
 
 /// Work for the worker, in queue order.
 pub(crate) enum Job {
-    /// A text to classify or embed. The text and vector buffers belong to
-    /// the session: they travel to the worker and come back with the
+    /// A text to classify, embed or find entities in. The buffers belong
+    /// to the session: they travel to the worker and come back with the
     /// reply, so no request allocates one.
     Text {
-        text: String,
-        vector: Vec<f32>,
+        bufs: Buffers,
         want: Want,
         reply: SyncSender<Reply>,
     },
@@ -36,10 +36,22 @@ pub(crate) enum Job {
     },
 }
 
+/// A session's buffers for one text, allocated when the session opens.
+#[derive(Debug)]
+pub(crate) struct Buffers {
+    /// The text.
+    text: String,
+    /// An embedding's values.
+    vector: Vec<f32>,
+    /// An NER model's entities.
+    entities: Vec<Entity>,
+}
+
 /// What a request wants of a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Want {
-    /// Labels; `threshold`: the request sent its own (multi-label only).
+    /// A text without an op: labels from a classifier, entities from an
+    /// NER model; `threshold`: the request sent its own (multi-label only).
     Classify {
         threshold: bool,
     },
@@ -57,10 +69,15 @@ pub(crate) enum Done {
         tokens: usize,
         truncated: bool,
     },
+    /// The entities are in the slot's entity buffer.
+    Entities {
+        tokens: usize,
+        truncated: bool,
+    },
 }
 
-/// The text and vector buffers, handed back, and the answer.
-type Reply = (String, Vec<f32>, Answer);
+/// The buffers, handed back, and the answer.
+type Reply = (Buffers, Answer);
 
 /// What the worker made of a text and the model that did it, or the
 /// error to answer.
@@ -73,7 +90,10 @@ fn wrong_task(clf: &Classifier, want: Want) -> Option<String> {
         (Task::Classify, Want::Classify { threshold: true }) => Some(format!(
             "\"threshold\" is for multi-label models; the served model ({name}) gives one label"
         )),
-        (Task::Classify | Task::Multilabel { .. }, Want::Classify { .. })
+        (Task::Ner, Want::Classify { threshold: true }) => Some(format!(
+            "\"threshold\" is for multi-label models; the served model ({name}) is an NER model, which gives entities"
+        )),
+        (Task::Classify | Task::Multilabel { .. } | Task::Ner, Want::Classify { .. })
         | (Task::Embed { .. }, Want::Embed) => None,
         (Task::Classify | Task::Multilabel { .. }, Want::Embed) => Some(format!(
             "the served model ({name}) is a classifier: send {{\"text\": ...}} without \"op\""
@@ -81,20 +101,26 @@ fn wrong_task(clf: &Classifier, want: Want) -> Option<String> {
         (Task::Embed { .. }, Want::Classify { .. }) => Some(format!(
             "the served model ({name}) is an embedding model: send {{\"op\": \"embed\", \"text\": ...}}"
         )),
-        (Task::Ner, _) => Some(format!(
-            "the served model ({name}) is an NER model, which the server does not serve yet (`edge-bert classify` runs it in-process)"
+        (Task::Ner, Want::Embed) => Some(format!(
+            "the served model ({name}) is an NER model: send {{\"text\": ...}} without \"op\" for its entities"
         )),
     }
 }
 
-/// Runs one text through `clf`; an embedding goes into `vector` (resized
-/// to the model's dimension, which allocates only past its capacity).
-fn run(clf: &mut Classifier, text: &str, vector: &mut Vec<f32>, want: Want) -> Result<Done> {
+/// Runs one text through `clf`; an embedding goes into the vector buffer
+/// (resized to the model's dimension) and entities into the entity buffer,
+/// which allocate only past their capacity.
+fn run(clf: &mut Classifier, bufs: &mut Buffers, want: Want) -> Result<Done> {
+    let text = bufs.text.as_str();
     match want {
+        Want::Classify { .. } if matches!(clf.task(), Task::Ner) => {
+            let (tokens, truncated) = clf.entities_into(text, &mut bufs.entities)?;
+            Ok(Done::Entities { tokens, truncated })
+        }
         Want::Classify { .. } => clf.classify_outcome(text).map(Done::Classified),
         Want::Embed => {
-            vector.resize(clf.task().dim(), 0.0);
-            let (tokens, truncated) = clf.embed_into(text, vector)?;
+            bufs.vector.resize(clf.task().dim(), 0.0);
+            let (tokens, truncated) = clf.embed_into(text, &mut bufs.vector)?;
             Ok(Done::Embedded { tokens, truncated })
         }
     }
@@ -121,12 +147,7 @@ pub(super) fn spawn(
             let mut failed = false;
             while let Ok(job) = jobs.recv() {
                 let job = match job {
-                    Job::Text {
-                        text,
-                        vector,
-                        want,
-                        reply,
-                    } => (text, vector, want, reply),
+                    Job::Text { bufs, want, reply } => (bufs, want, reply),
                     Job::Swap {
                         clf: new,
                         served: new_served,
@@ -143,24 +164,24 @@ pub(super) fn spawn(
                     }
                 };
                 shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
-                let (text, mut vector, want, reply) = job;
+                let (mut bufs, want, reply) = job;
                 if failed {
                     let why = "the inference worker failed; the server is restarting".into();
-                    let _ = reply.send((text, vector, Err((ErrorCode::Internal, why))));
+                    let _ = reply.send((bufs, Err((ErrorCode::Internal, why))));
                     continue;
                 }
                 if let Some(why) = wrong_task(&clf, want) {
-                    let _ = reply.send((text, vector, Err((ErrorCode::WrongTask, why))));
+                    let _ = reply.send((bufs, Err((ErrorCode::WrongTask, why))));
                     continue;
                 }
                 let started = Instant::now();
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     if let Some(Fault::WorkerPanic(t)) = &shared.fault {
-                        if *t == text {
+                        if *t == bufs.text {
                             panic!("EDGE_BERT_FAULT: injected worker panic");
                         }
                     }
-                    run(&mut clf, &text, &mut vector, want)
+                    run(&mut clf, &mut bufs, want)
                 }));
                 shared.metrics.record(started.elapsed());
                 let r = match run {
@@ -178,7 +199,7 @@ pub(super) fn spawn(
                         ))
                     }
                 };
-                let _ = reply.send((text, vector, r));
+                let _ = reply.send((bufs, r));
             }
         })
         .map_err(|e| Error::io("inference thread", e))
@@ -221,24 +242,26 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// A session's line to the worker: its text and vector buffers and reply
-/// channel, allocated when the session opens.
+/// A session's line to the worker: its buffers and reply channel,
+/// allocated when the session opens.
 pub(super) struct Slot {
-    /// The text buffer (away at the worker while a text is in flight).
-    text: Option<String>,
-    /// The vector buffer (away with the text): an embedding's values.
-    vector: Option<Vec<f32>>,
+    /// The buffers (away at the worker while a text is in flight).
+    bufs: Option<Buffers>,
     reply_tx: SyncSender<Reply>,
     reply_rx: Receiver<Reply>,
 }
 
 impl Slot {
-    /// A slot for texts of up to `text_bytes` and vectors of `dim` values.
-    pub(super) fn new(text_bytes: usize, dim: usize) -> Slot {
+    /// A slot for texts of up to `text_bytes`, vectors of `dim` values and
+    /// `entities` entities.
+    pub(super) fn new(text_bytes: usize, dim: usize, entities: usize) -> Slot {
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         Slot {
-            text: Some(String::with_capacity(text_bytes)),
-            vector: Some(Vec::with_capacity(dim)),
+            bufs: Some(Buffers {
+                text: String::with_capacity(text_bytes),
+                vector: Vec::with_capacity(dim),
+                entities: Vec::with_capacity(entities),
+            }),
             reply_tx,
             reply_rx,
         }
@@ -246,12 +269,17 @@ impl Slot {
 
     /// The last embedding's values (empty before the first).
     pub(super) fn vector(&self) -> &[f32] {
-        self.vector.as_deref().unwrap_or(&[])
+        self.bufs.as_ref().map_or(&[], |b| &b.vector)
+    }
+
+    /// The last text's entities (empty before the first).
+    pub(super) fn entities(&self) -> &[Entity] {
+        self.bufs.as_ref().map_or(&[], |b| &b.entities)
     }
 
     /// Runs one text (already unescaped) through the worker; `Err` is the
     /// error code and message to answer with. An embedding's values are
-    /// then in [`Slot::vector`].
+    /// then in [`Slot::vector`], entities in [`Slot::entities`].
     pub(super) fn run(&mut self, shared: &Shared, text: &str, want: Want) -> Answer {
         let sender = shared
             .jobs
@@ -261,24 +289,23 @@ impl Slot {
         let Some(sender) = sender else {
             return Err((ErrorCode::ShuttingDown, "the server is stopping".into()));
         };
-        let mut buf = self
-            .text
-            .take()
-            .unwrap_or_else(|| String::with_capacity(shared.cfg.max_text_bytes + 8));
-        buf.clear();
-        buf.push_str(text);
+        let mut bufs = self.bufs.take().unwrap_or_else(|| Buffers {
+            text: String::with_capacity(shared.cfg.max_text_bytes + 8),
+            vector: Vec::new(),
+            entities: Vec::new(),
+        });
+        bufs.text.clear();
+        bufs.text.push_str(text);
         shared.metrics.queued.fetch_add(1, Ordering::Relaxed);
         let job = Job::Text {
-            text: buf,
-            vector: self.vector.take().unwrap_or_default(),
+            bufs,
             want,
             reply: self.reply_tx.clone(),
         };
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = sender.try_send(job)
         {
-            if let Job::Text { text, vector, .. } = job {
-                self.text = Some(text);
-                self.vector = Some(vector);
+            if let Job::Text { bufs, .. } = job {
+                self.bufs = Some(bufs);
             }
             shared.metrics.queued.fetch_sub(1, Ordering::Relaxed);
             shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -289,9 +316,8 @@ impl Slot {
         }
         loop {
             match self.reply_rx.recv_timeout(TICK) {
-                Ok((buf, vector, result)) => {
-                    self.text = Some(buf);
-                    self.vector = Some(vector);
+                Ok((bufs, result)) => {
+                    self.bufs = Some(bufs);
                     return result.inspect_err(|_| {
                         shared.metrics.errors.fetch_add(1, Ordering::Relaxed);
                     });

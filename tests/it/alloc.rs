@@ -263,6 +263,33 @@ fn serving_multilabel_requests_allocates_nothing() {
     report("multilabel requests", lines.len() - warm, counts);
 }
 
+/// Texts served to the NER model made by the recipe (`ner.rs`): one
+/// text, several, and an id that is an object, all answered with
+/// entities.
+#[test]
+fn serving_ner_requests_allocates_nothing() {
+    let mut clf = Classifier::from_dir(crate::ner::bundle()).unwrap();
+    server::warm_up(&mut clf).unwrap();
+    let texts: Vec<String> = crate::ner::references()
+        .into_iter()
+        .map(|r| r["text"].as_str().unwrap().to_string())
+        .collect();
+    let mut lines = Vec::new();
+    for round in 0..3 {
+        for (i, t) in texts.iter().enumerate() {
+            let id = round * 1000 + i;
+            lines.push(to_line(match i % 4 {
+                0 => serde_json::json!({"id": id, "texts": [t, "東京 \"タワー\"\n", t]}),
+                1 => serde_json::json!({"id": {"n": id}, "text": t}),
+                _ => serde_json::json!({"id": id, "text": t}),
+            }));
+        }
+    }
+    let warm = texts.len();
+    let counts = count_serving(clf, &lines, warm, "\"entities\"");
+    report("ner requests", lines.len() - warm, counts);
+}
+
 /// `Classifier::embed_into` on a real embedding model (paraphrase-MiniLM-L3-v2,
 /// see `embed.rs`): after two passes of warm-up, texts of every length cost
 /// no allocation outside tract's plan run.

@@ -10,11 +10,11 @@ use edge_bert_model::Classifier;
 
 use crate::util::{root, run, stderr, stdout};
 
-fn bundle() -> PathBuf {
+pub fn bundle() -> PathBuf {
     root().join("models/ner-ja-int8")
 }
 
-fn references() -> Vec<serde_json::Value> {
+pub fn references() -> Vec<serde_json::Value> {
     std::fs::read_to_string(root().join("tests/fixtures/ner-reference.jsonl"))
         .unwrap()
         .lines()
@@ -205,4 +205,118 @@ fn eval_reports_entity_f1() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The server answers a text sent to an NER model with its entities, the
+/// same ones (offsets, types, scores) as `classify --model` in-process,
+/// one text or several; `threshold` and `embed` are `wrong_task`, and a
+/// client over the socket prints what the in-process one prints.
+#[test]
+fn the_server_answers_texts_with_entities() {
+    use crate::serve::{code, Server};
+    let refs = references();
+    let texts: Vec<&str> = refs
+        .iter()
+        .take(8)
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    let local = run(
+        &["classify", "--json", "--model", bundle().to_str().unwrap()],
+        texts
+            .iter()
+            .map(|t| format!("{t}\n"))
+            .collect::<String>()
+            .as_bytes(),
+    );
+    assert!(local.status.success(), "{}", stderr(&local));
+    let local: Vec<serde_json::Value> = stdout(&local)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    let server = Server::start(&["--model", bundle().to_str().unwrap()]);
+    let mut conn = server.connect();
+    let v = conn.ask(br#"{"id": 0, "op": "info"}"#);
+    assert_eq!(v["info"]["task"], "ner", "{v}");
+    assert!(
+        v["info"]["entity_types"]
+            .as_array()
+            .unwrap()
+            .contains(&"DAT".into()),
+        "{v}"
+    );
+    let mut found = 0;
+    for (i, (t, want)) in texts.iter().zip(&local).enumerate() {
+        let v = conn.ask(&serde_json::to_vec(&serde_json::json!({"id": i, "text": t})).unwrap());
+        assert_eq!(v["id"], i, "{v}");
+        assert_eq!(as_f32(&v["entities"]), as_f32(&want["entities"]), "{t}");
+        assert_eq!(v["tokens"], want["tokens"]);
+        assert!(v["model"].is_string(), "{v}");
+        found += v["entities"].as_array().unwrap().len();
+    }
+    assert!(found > 0, "no entity in {} texts", texts.len());
+    let v = conn.ask(
+        &serde_json::to_vec(&serde_json::json!({"id": "m", "texts": [texts[0], texts[1]]}))
+            .unwrap(),
+    );
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{v}");
+    assert_eq!(
+        as_f32(&results[1]["entities"]),
+        as_f32(&local[1]["entities"])
+    );
+
+    let v = conn.ask(br#"{"id": 1, "text": "x", "threshold": 0.5}"#);
+    assert_eq!(code(&v), "wrong_task", "{v}");
+    let v = conn.ask(br#"{"id": 2, "op": "embed", "text": "x"}"#);
+    assert_eq!(code(&v), "wrong_task", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("NER"),
+        "{v}"
+    );
+    let v = conn.ask(br#"{"id": 3, "text": " "}"#);
+    assert_eq!(code(&v), "empty_text", "{v}");
+    // Still serving.
+    let v = conn.ask(r#"{"id": 4, "text": "東京タワーは高い。"}"#.as_bytes());
+    assert!(v["entities"].is_array(), "{v}");
+
+    // The client over the socket prints the in-process lines.
+    let o = run(
+        &[
+            "classify",
+            "--json",
+            "--socket",
+            server.socket.to_str().unwrap(),
+        ],
+        texts
+            .iter()
+            .map(|t| format!("{t}\n"))
+            .collect::<String>()
+            .as_bytes(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let remote: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(remote, local);
+}
+
+/// Entities with their scores read as f32 (the server writes an f32's
+/// shortest form; `classify --json` writes the f64 it widens to).
+pub fn as_f32(entities: &serde_json::Value) -> Vec<(String, u64, u64, String, f32)> {
+    entities
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["label"].as_str().unwrap().to_string(),
+                e["start"].as_u64().unwrap(),
+                e["end"].as_u64().unwrap(),
+                e["text"].as_str().unwrap().to_string(),
+                e["score"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect()
 }

@@ -620,3 +620,54 @@ fn the_serial_client_works_after_64_kib_of_line_noise() {
     assert!(errors >= 100, "{m}");
     eprintln!("64 KiB of noise: {errors} error replies; {carried} bytes carried to the host side; the client answered as in-process");
 }
+
+/// The NER model made by the recipe over a serial line: checked frames are
+/// answered with the entities `classify --model` finds in-process, and a
+/// damaged frame is `corrupt` without losing the link.
+#[test]
+fn an_ner_model_answers_entities_over_the_serial_line() {
+    let refs = crate::ner::references();
+    let texts: Vec<&str> = refs
+        .iter()
+        .take(4)
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    let bundle = crate::ner::bundle();
+    let local = run(
+        &["classify", "--json", "--model", bundle.to_str().unwrap()],
+        texts
+            .iter()
+            .map(|t| format!("{t}\n"))
+            .collect::<String>()
+            .as_bytes(),
+    );
+    assert!(local.status.success(), "{}", stderr(&local));
+    let local: Vec<Value> = stdout(&local)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("ttyDEV");
+    let mut wire = Wire::plug(&dev);
+    let _server = serve_serial(dir, &dev, &["--model", bundle.to_str().unwrap()]);
+    assert_eq!(wire.ask(&json!({"id": 0, "op": "health"}))["status"], "ok");
+    for (i, (t, want)) in texts.iter().zip(&local).enumerate() {
+        let r = wire.ask(&json!({"id": i, "text": t}));
+        assert_eq!(r["id"], i, "{r}");
+        assert_eq!(
+            crate::ner::as_f32(&r["entities"]),
+            crate::ner::as_f32(&want["entities"]),
+            "{t}"
+        );
+    }
+    let mut damaged = Wire::frame(&json!({"id": 9, "text": texts[0]}));
+    damaged[12] ^= 0x02;
+    wire.send(&damaged);
+    assert_eq!(code(&wire.reply()), "corrupt");
+    let r = wire.ask(&json!({"id": 10, "texts": [texts[0], texts[1]]}));
+    assert_eq!(r["results"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(
+        crate::ner::as_f32(&r["results"][1]["entities"]),
+        crate::ner::as_f32(&local[1]["entities"])
+    );
+}
