@@ -85,7 +85,7 @@ fn tokenizer(c: &mut Criterion) {
     let text = "an intelligent, moving and often very funny film about growing up, \
                 with performances that feel lived-in rather than acted";
     c.bench_function("tokenize/review", |bench| {
-        bench.iter(|| tok.encode_into(text, &mut scratch, &mut ids))
+        bench.iter(|| tok.encode_into(text, &mut scratch, &mut ids).unwrap())
     });
 }
 

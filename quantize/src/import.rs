@@ -52,7 +52,9 @@ pub struct ImportArgs {
     /// The ONNX export (weights may sit in external data files next to it).
     #[arg(long, value_name = "FILE")]
     pub onnx: PathBuf,
-    /// The model's Hugging Face tokenizer.json (BERT WordPiece, cased or uncased).
+    /// The model's Hugging Face tokenizer.json: BERT WordPiece (cased or
+    /// uncased), or BPE / Unigram (RoBERTa, XLM-R, DeBERTa) through the
+    /// `tokenizers` crate.
     #[arg(long, value_name = "FILE")]
     pub tokenizer: PathBuf,
     /// What the model does.

@@ -33,6 +33,8 @@ struct InfoReport<'a> {
     shapes: Vec<Shape>,
     parameters: usize,
     vocab_size: usize,
+    /// `WordPiece` (own, allocation-free) or e.g. `BPE (tokenizers crate)`.
+    tokenizer: String,
     matmuls: &'a [MatmulInfo],
     dynamic_quantize: DynamicQuantize,
     fused_matmul: FusedMatmul,
@@ -100,6 +102,7 @@ fn info(model: Option<&Path>, json: bool) -> Result<(), Failure> {
         shapes,
         parameters: stats.parameters,
         vocab_size: clf.tokenizer().vocab_size(),
+        tokenizer: clf.tokenizer().kind(),
         matmuls: &stats.matmuls,
         dynamic_quantize: DynamicQuantize {
             ops: stats.dynamic_quantize_ops,
@@ -166,7 +169,11 @@ impl std::fmt::Display for InfoReport<'_> {
             _ => writeln!(f, "output       {} (1 x {}, f32)", m.output, m.labels.len())?,
         }
         writeln!(f, "parameters   {}", self.parameters)?;
-        writeln!(f, "vocabulary   {} tokens", self.vocab_size)?;
+        writeln!(
+            f,
+            "vocabulary   {} tokens ({})",
+            self.vocab_size, self.tokenizer
+        )?;
         writeln!(f, "files")?;
         for file in &m.files {
             writeln!(

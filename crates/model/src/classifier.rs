@@ -292,7 +292,7 @@ impl Classifier {
     fn run(&mut self, text: &str) -> Result<bool> {
         let truncated = self
             .tokenizer
-            .encode_into(text, &mut self.scratch, &mut self.ids);
+            .encode_into(text, &mut self.scratch, &mut self.ids)?;
         self.engine.logits_into(&self.ids, &mut self.logits)?;
         Ok(truncated)
     }
@@ -445,7 +445,7 @@ impl Classifier {
         }
         let truncated = self
             .tokenizer
-            .encode_into(text, &mut self.scratch, &mut self.ids);
+            .encode_into(text, &mut self.scratch, &mut self.ids)?;
         self.engine.logits_into(&self.ids, &mut self.logits)?;
         let n = tags.len();
         let real = 1..self.ids.len() - 1;

@@ -42,6 +42,8 @@
 //! - [`tokenize`]: BERT WordPiece from the bundle's `tokenizer.json`,
 //!   truncating at `max_seq_len`, writing into reused buffers, with each
 //!   token's span in the text (pure).
+//! - `hf_tokenizer` (`hf-tokenizers` feature): any other `tokenizer.json`
+//!   (BPE, Unigram) through the `tokenizers` crate, allocating per text.
 //! - `weights`: one copy of each weight across the bucket plans.
 //! - [`engine`]: tract plans and states, one per length bucket, with the
 //!   kernels installed.
@@ -63,6 +65,8 @@ pub mod embedded;
 pub mod engine;
 mod error;
 pub mod eval;
+#[cfg(feature = "hf-tokenizers")]
+mod hf_tokenizer;
 pub mod manifest;
 pub mod memory;
 pub mod ner;

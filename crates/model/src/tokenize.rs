@@ -108,9 +108,24 @@ impl Scratch {
 }
 
 /// The bundle's tokenizer, truncating at the model's maximum length and
-/// never padding (the engine pads to its length bucket).
-#[derive(Clone)]
+/// never padding (the engine pads to its length bucket): the own WordPiece
+/// for the BERT files it reads, else (with the `hf-tokenizers` feature) the
+/// `tokenizers` crate.
+#[derive(Debug, Clone)]
 pub struct TextTokenizer {
+    imp: Imp,
+}
+
+#[derive(Debug, Clone)]
+enum Imp {
+    WordPiece(WordPiece),
+    #[cfg(feature = "hf-tokenizers")]
+    Hf(Box<crate::hf_tokenizer::HfTokenizer>),
+}
+
+/// The own BERT WordPiece: allocation-free per text.
+#[derive(Clone)]
+struct WordPiece {
     vocab: HashMap<String, u32>,
     prefix: String,
     unk: u32,
@@ -126,9 +141,9 @@ pub struct TextTokenizer {
     strip_accents: bool,
 }
 
-impl std::fmt::Debug for TextTokenizer {
+impl std::fmt::Debug for WordPiece {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer")
+        f.debug_struct("WordPiece")
             .field("vocab", &self.vocab.len())
             .field("max_len", &self.max_len)
             .finish_non_exhaustive()
@@ -169,9 +184,12 @@ struct ModelJson {
 }
 
 fn unsupported(what: impl std::fmt::Display) -> Error {
-    Error::Tokenizer(format!(
-        "unsupported tokenizer.json: {what} (edge-bert supports BERT WordPiece tokenizers)"
-    ))
+    #[cfg(feature = "hf-tokenizers")]
+    let reads = "its own tokenizer reads BERT WordPiece files";
+    #[cfg(not(feature = "hf-tokenizers"))]
+    let reads = "this build reads BERT WordPiece files only; build edge-bert with the \
+        `hf-tokenizers` feature for BPE and Unigram files";
+    Error::Tokenizer(format!("unsupported tokenizer.json: {what} ({reads})"))
 }
 
 fn is_whitespace(c: char) -> bool {
@@ -288,8 +306,128 @@ fn nfd<'a, I: Iterator<Item = Char>>(chars: I, pending: &'a RefCell<VecDeque<Spa
 
 impl TextTokenizer {
     /// Parses a `tokenizer.json` and sets truncation to `max_len` tokens
-    /// (special tokens included).
+    /// (special tokens included). A BERT WordPiece file gets the own
+    /// tokenizer; any other file, with the `hf-tokenizers` feature, the
+    /// `tokenizers` crate (its post-processor must put one special token
+    /// before the text and one after, as `[CLS] A [SEP]` or `<s> A </s>`).
     pub fn from_bytes(json: &[u8], max_len: usize) -> Result<TextTokenizer> {
+        let own = match WordPiece::from_bytes(json, max_len) {
+            Ok(w) => {
+                return Ok(TextTokenizer {
+                    imp: Imp::WordPiece(w),
+                })
+            }
+            Err(Error::Tokenizer(why)) => why,
+            Err(e) => return Err(e),
+        };
+        #[cfg(feature = "hf-tokenizers")]
+        {
+            match crate::hf_tokenizer::HfTokenizer::from_bytes(json, max_len) {
+                Ok(h) => {
+                    log::info!(
+                        "tokenizer.json: {} model, read with the tokenizers crate ({own})",
+                        h.kind()
+                    );
+                    Ok(TextTokenizer {
+                        imp: Imp::Hf(Box::new(h)),
+                    })
+                }
+                Err(e) => Err(Error::Tokenizer(format!(
+                    "{own}; the tokenizers crate: {e}"
+                ))),
+            }
+        }
+        #[cfg(not(feature = "hf-tokenizers"))]
+        Err(Error::Tokenizer(own))
+    }
+
+    /// The tokenizer's model and who runs it: `WordPiece` (own, allocation
+    /// free), or e.g. `BPE (tokenizers crate)`.
+    pub fn kind(&self) -> String {
+        match &self.imp {
+            Imp::WordPiece(_) => "WordPiece".into(),
+            #[cfg(feature = "hf-tokenizers")]
+            Imp::Hf(h) => format!("{} (tokenizers crate)", h.kind()),
+        }
+    }
+
+    /// Whether encoding allocates nothing per text (the own WordPiece).
+    pub fn allocation_free(&self) -> bool {
+        matches!(self.imp, Imp::WordPiece(_))
+    }
+
+    /// The maximum number of tokens (special tokens included).
+    pub fn max_len(&self) -> usize {
+        match &self.imp {
+            Imp::WordPiece(w) => w.max_len(),
+            #[cfg(feature = "hf-tokenizers")]
+            Imp::Hf(h) => h.max_len(),
+        }
+    }
+
+    /// Number of entries in the vocabulary (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        match &self.imp {
+            Imp::WordPiece(w) => w.vocab_size(),
+            #[cfg(feature = "hf-tokenizers")]
+            Imp::Hf(h) => h.vocab_size(),
+        }
+    }
+
+    /// The capacity `ids` needs so that [`encode_into`](Self::encode_into)
+    /// never grows it.
+    pub fn ids_capacity(&self) -> usize {
+        match &self.imp {
+            Imp::WordPiece(w) => w.ids_capacity(),
+            #[cfg(feature = "hf-tokenizers")]
+            Imp::Hf(h) => h.max_len(),
+        }
+    }
+
+    /// Working memory for [`encode_into`](Self::encode_into), sized so
+    /// that no text makes it grow.
+    pub fn scratch(&self) -> Scratch {
+        let mut s = Scratch::new();
+        s.w.spans.reserve_exact(self.ids_capacity());
+        s
+    }
+
+    /// Tokenises one text. An empty text gives just the special tokens.
+    pub fn encode(&self, text: &str) -> Result<Encoded> {
+        let mut ids = Vec::with_capacity(self.ids_capacity());
+        let mut scratch = self.scratch();
+        let truncated = self.encode_into(text, &mut scratch, &mut ids)?;
+        let type_ids = vec![0; ids.len()];
+        Ok(Encoded {
+            ids,
+            offsets: scratch.w.spans,
+            type_ids,
+            truncated,
+        })
+    }
+
+    /// Tokenises one text into `ids` (cleared first; give it a capacity of
+    /// [`ids_capacity`](Self::ids_capacity) and it never grows) and returns
+    /// whether the text was truncated; each id's span in `text` is then in
+    /// [`Scratch::offsets`] (`(0, 0)` for the special tokens). The own
+    /// WordPiece allocates nothing and never fails; the `tokenizers` crate
+    /// allocates per text.
+    pub fn encode_into(
+        &self,
+        text: &str,
+        scratch: &mut Scratch,
+        ids: &mut Vec<u32>,
+    ) -> Result<bool> {
+        match &self.imp {
+            Imp::WordPiece(w) => Ok(w.encode_into(text, scratch, ids)),
+            #[cfg(feature = "hf-tokenizers")]
+            Imp::Hf(h) => h.encode_into(text, &mut scratch.w.spans, ids),
+        }
+    }
+}
+
+impl WordPiece {
+    fn from_bytes(json: &[u8], max_len: usize) -> Result<WordPiece> {
         let j: Json = serde_json::from_slice(json).map_err(|e| {
             // Say what kind of tokenizer it is when that is why it failed.
             let kind = serde_json::from_slice::<serde_json::Value>(json)
@@ -378,7 +516,7 @@ impl TextTokenizer {
                 "max length {max_len} leaves no room for [CLS] and [SEP]"
             )));
         }
-        Ok(TextTokenizer {
+        Ok(WordPiece {
             vocab: m.vocab,
             prefix: m.continuing_subword_prefix,
             unk,
@@ -391,13 +529,11 @@ impl TextTokenizer {
         })
     }
 
-    /// The maximum number of tokens (special tokens included).
-    pub fn max_len(&self) -> usize {
+    fn max_len(&self) -> usize {
         self.max_len
     }
 
-    /// Number of entries in the vocabulary (added tokens included).
-    pub fn vocab_size(&self) -> usize {
+    fn vocab_size(&self) -> usize {
         let extra = self
             .specials
             .iter()
@@ -406,39 +542,16 @@ impl TextTokenizer {
         self.vocab.len() + extra
     }
 
-    /// The capacity `ids` needs so that [`encode_into`](Self::encode_into)
-    /// never grows it: the maximum length plus one word's pieces.
-    pub fn ids_capacity(&self) -> usize {
+    /// The maximum length plus one word's pieces.
+    fn ids_capacity(&self) -> usize {
         self.max_len + MAX_WORD_CHARS + 2
-    }
-
-    /// Working memory for [`encode_into`](Self::encode_into), sized so
-    /// that no text makes it grow.
-    pub fn scratch(&self) -> Scratch {
-        let mut s = Scratch::new();
-        s.w.spans.reserve_exact(self.ids_capacity());
-        s
-    }
-
-    /// Tokenises one text. An empty text gives just the special tokens.
-    pub fn encode(&self, text: &str) -> Result<Encoded> {
-        let mut ids = Vec::with_capacity(self.ids_capacity());
-        let mut scratch = self.scratch();
-        let truncated = self.encode_into(text, &mut scratch, &mut ids);
-        let type_ids = vec![0; ids.len()];
-        Ok(Encoded {
-            ids,
-            offsets: scratch.w.spans,
-            type_ids,
-            truncated,
-        })
     }
 
     /// Tokenises one text into `ids` (cleared first; give it a capacity of
     /// [`ids_capacity`](Self::ids_capacity) and it never grows) and returns
     /// whether the text was truncated; each id's span in `text` is then in
     /// [`Scratch::offsets`]. Allocates nothing.
-    pub fn encode_into(&self, text: &str, scratch: &mut Scratch, ids: &mut Vec<u32>) -> bool {
+    fn encode_into(&self, text: &str, scratch: &mut Scratch, ids: &mut Vec<u32>) -> bool {
         ids.clear();
         scratch.w.spans.clear();
         ids.push(self.cls);
@@ -653,13 +766,23 @@ mod tests {
         TextTokenizer::from_bytes(&tiny_json(), 32).unwrap()
     }
 
+    /// The own tokenizer's `[CLS]` and `[SEP]` ids.
+    fn cls_sep(t: &TextTokenizer) -> (u32, u32) {
+        match &t.imp {
+            Imp::WordPiece(w) => (w.cls, w.sep),
+            #[cfg(feature = "hf-tokenizers")]
+            Imp::Hf(_) => panic!("not the own WordPiece"),
+        }
+    }
+
     #[test]
     fn empty_text_is_just_the_special_tokens() {
         let t = tiny();
+        let (cls, sep) = cls_sep(&t);
         let e = t.encode("").unwrap();
-        assert_eq!(e.ids, vec![t.cls, t.sep]);
+        assert_eq!(e.ids, vec![cls, sep]);
         assert!(!e.truncated);
-        assert_eq!(t.encode(" \t\n").unwrap().ids, vec![t.cls, t.sep]);
+        assert_eq!(t.encode(" \t\n").unwrap().ids, vec![cls, sep]);
     }
 
     #[test]
@@ -668,7 +791,7 @@ mod tests {
         let e = t.encode(&"a ".repeat(100)).unwrap();
         assert_eq!(e.ids.len(), 32);
         assert!(e.truncated);
-        assert_eq!(*e.ids.last().unwrap(), t.sep);
+        assert_eq!(*e.ids.last().unwrap(), cls_sep(&t).1);
         let e = t.encode(&"a ".repeat(30)).unwrap();
         assert_eq!(e.ids.len(), 32);
         assert!(!e.truncated);
@@ -697,7 +820,7 @@ mod tests {
             "e\u{301}".repeat(300),
             "[SEP]".repeat(50),
         ] {
-            t.encode_into(&text, &mut s, &mut ids);
+            t.encode_into(&text, &mut s, &mut ids).unwrap();
             assert!(ids.len() <= t.max_len());
             assert_eq!(s.offsets().len(), ids.len());
         }
@@ -708,11 +831,22 @@ mod tests {
     fn refuses_other_configurations() {
         let mut v: serde_json::Value = serde_json::from_slice(&tiny_json()).unwrap();
         v["normalizer"]["handle_chinese_chars"] = false.into();
-        let err = TextTokenizer::from_bytes(v.to_string().as_bytes(), 32).unwrap_err();
-        assert!(
-            err.to_string().contains("unsupported tokenizer.json"),
-            "{err}"
-        );
+        let other = TextTokenizer::from_bytes(v.to_string().as_bytes(), 32);
+        // A WordPiece file the own tokenizer does not read: the tokenizers
+        // crate reads it where the build has it, else it is refused.
+        #[cfg(feature = "hf-tokenizers")]
+        assert!(!other.unwrap().allocation_free());
+        #[cfg(not(feature = "hf-tokenizers"))]
+        {
+            let err = other.unwrap_err();
+            assert!(
+                err.to_string().contains("unsupported tokenizer.json"),
+                "{err}"
+            );
+        }
+        assert!(TextTokenizer::from_bytes(&tiny_json(), 32)
+            .unwrap()
+            .allocation_free());
         assert!(TextTokenizer::from_bytes(b"{}", 32).is_err());
         // BPE (RoBERTa) and Unigram (XLM-R) files are named as such.
         let bpe = r#"{"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use edge_bert_model::tokenize::TextTokenizer;
 use edge_bert_model::Classifier;
 use prost::Message;
 use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
@@ -726,4 +727,117 @@ fn a_multilabel_bundle_imports_quantises_and_reports_f1() {
         "1",
     ]);
     assert_fails(&o, 2, "multilabel");
+}
+
+/// A BPE (RoBERTa's layout) and a Unigram (XLM-R's) `tokenizer.json`,
+/// imported with the tiny model's graph in one command each: the bundle
+/// reads them through the `tokenizers` crate and answers with ONNX
+/// Runtime's probabilities on the Python `tokenizers` ids
+/// (`tests/fixtures/bpe-reference.jsonl`) within 1e-4, in-process and from
+/// `edge-bert-quantize`'s own self-run.
+#[test]
+fn bpe_and_unigram_tokenizers_import_and_match_onnx_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refs: Vec<serde_json::Value> =
+        std::fs::read_to_string(root().join("tests/fixtures/bpe-reference.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    for name in ["bpe", "unigram"] {
+        let out = tmp.path().join(name);
+        let tokenizer = root().join(format!("tests/fixtures/{name}-tokenizer.json"));
+        let o = import(&[
+            "--onnx",
+            &format!("{}/model.onnx", models("tiny")),
+            "--tokenizer",
+            path(&tokenizer),
+            "--task",
+            "classify",
+            "--max-len",
+            "32",
+            "--labels",
+            "NEGATIVE,POSITIVE",
+            "--output",
+            path(&out),
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let mut clf = Classifier::from_dir(&out).unwrap();
+        let mut worst = 0f32;
+        let mut n = 0;
+        for r in refs.iter().filter(|r| r["tokenizer"] == name) {
+            let text = r["text"].as_str().unwrap();
+            let c = clf.classify(text).unwrap();
+            assert_eq!(c.tokens, r["ids"].as_array().unwrap().len(), "{text:?}");
+            assert_eq!(c.truncated, r["truncated"].as_bool().unwrap());
+            for ((_, p), want) in c.scores.iter().zip(r["probs"].as_array().unwrap()) {
+                worst = worst.max((p - want.as_f64().unwrap() as f32).abs());
+            }
+            n += 1;
+        }
+        println!("{name}: {n} texts, largest probability difference from ORT {worst:.2e}");
+        assert!(n >= 20 && worst < 1e-4, "{name}: {worst}");
+    }
+}
+
+/// BPE (RoBERTa's layout) and Unigram (XLM-R's) `tokenizer.json` files go
+/// to the `tokenizers` crate path: the same ids, truncation and char
+/// offsets as the Python `tokenizers` gave (`tests/fixtures/bpe-reference.jsonl`,
+/// made by `make_bpe_tokenizers.py`), special tokens spanning nothing.
+#[test]
+fn bpe_and_unigram_files_tokenise_as_the_python_tokenizers_does() {
+    let refs: Vec<serde_json::Value> =
+        std::fs::read_to_string(root().join("tests/fixtures/bpe-reference.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let mut seen = std::collections::BTreeMap::new();
+    for r in &refs {
+        let name = r["tokenizer"].as_str().unwrap();
+        let bytes =
+            std::fs::read(root().join(format!("tests/fixtures/{name}-tokenizer.json"))).unwrap();
+        let tok = TextTokenizer::from_bytes(&bytes, 32).unwrap();
+        let kind = if name == "bpe" { "BPE" } else { "Unigram" };
+        assert_eq!(tok.kind(), format!("{kind} (tokenizers crate)"));
+        assert!(!tok.allocation_free());
+        let text = r["text"].as_str().unwrap();
+        let e = tok.encode(text).unwrap();
+        let want: Vec<u32> = serde_json::from_value(r["ids"].clone()).unwrap();
+        assert_eq!(e.ids, want, "{name}: {text:?}");
+        assert_eq!(e.truncated, r["truncated"].as_bool().unwrap(), "{text:?}");
+        assert!(e.ids.len() <= 32);
+        let offsets: Vec<(usize, usize)> = serde_json::from_value(r["offsets"].clone()).unwrap();
+        let chars: Vec<(usize, usize)> = e
+            .offsets
+            .iter()
+            .map(|&s| edge_bert_model::ner::char_span(text, s))
+            .collect();
+        assert_eq!(chars, offsets, "{name}: {text:?}");
+        assert_eq!((e.offsets[0], *e.offsets.last().unwrap()), ((0, 0), (0, 0)));
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.values().all(|&n| n >= 20), "{seen:?}");
+}
+
+/// A file whose post-processor does not put one special token at each end
+/// of the text is refused at load, saying what it gives; so is a file
+/// that is not a tokenizer at all.
+#[test]
+fn a_bpe_file_without_its_special_tokens_is_refused() {
+    let bytes = std::fs::read(root().join("tests/fixtures/bpe-tokenizer.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["post_processor"] = serde_json::Value::Null;
+    let err = TextTokenizer::from_bytes(v.to_string().as_bytes(), 32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a BPE model") && err.contains("one special token before the text"),
+        "{err}"
+    );
+    let err = TextTokenizer::from_bytes(br#"{"model": {"type": "Nonesuch"}}"#, 32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Nonesuch"), "{err}");
 }
