@@ -10,8 +10,11 @@
 //! tests check it token for token against `tokenizers` on every committed
 //! text and on random Unicode (`tests/it/tokenizer.rs`).
 //!
-//! Any other tokenizer configuration is refused at load time with a clear
-//! error, never silently tokenised differently.
+//! Any other `tokenizer.json` (BPE, Unigram, WordPiece in another
+//! configuration) goes to the `tokenizers` crate when the `hf-tokenizers`
+//! feature is on (`crate::hf_tokenizer`, allocating per text), and is
+//! otherwise refused at load time with a clear error, never silently
+//! tokenised differently.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
