@@ -520,3 +520,59 @@ fn model_only_deploy_flips_current_and_rolls_back_a_refused_bundle() {
         "pos"
     );
 }
+
+/// A signed NER bundle (its self-test holds every token's tag
+/// probabilities, made by `sign_bundle`) reloads over a classifier and then
+/// answers with entities; one whose self-test was altered and resealed is
+/// refused, and the NER model keeps serving.
+#[test]
+fn a_signed_ner_bundle_reloads_and_its_self_test_guards_it() {
+    let board = Board::new();
+    let first = board.signed("v1", false, 1);
+    board.point(&first);
+    let server = board.serve(&[]);
+    let text = "2005年7月14日、日本の知床が登録された。";
+    assert!(ask(&server, &json!({ "text": text }))["label"].is_string());
+
+    let ner = board.slot_from(&crate::ner::bundle(), "ner2", false);
+    sign_bundle(&ner, &board.key, 2).unwrap();
+    let st = std::fs::read_to_string(ner.join("selftest.jsonl")).unwrap();
+    let first_case: Value = serde_json::from_str(st.lines().next().unwrap()).unwrap();
+    assert!(
+        first_case["tokens"].as_array().unwrap().len() > 2,
+        "{first_case}"
+    );
+    board.point(&ner);
+    let r = reload(&server);
+    assert_eq!(r["reload"], "ok", "{r}");
+    let entities = || {
+        let v = ask(&server, &json!({ "text": text }));
+        assert_eq!(v["model"], "ner-ja-int8@2", "{v}");
+        crate::ner::as_f32(&v["entities"])
+    };
+    let served = entities();
+    assert!(!served.is_empty());
+
+    let failing = board.slot_from(&crate::ner::bundle(), "ner3", false);
+    sign_bundle(&failing, &board.key, 3).unwrap();
+    let st = failing.join("selftest.jsonl");
+    let mut lines: Vec<Value> = std::fs::read_to_string(&st)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let p = lines[0]["tokens"][1][0].as_f64().unwrap();
+    lines[0]["tokens"][1][0] = json!(if p > 0.5 { p - 0.1 } else { p + 0.1 });
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&st, body).unwrap();
+    reseal(&failing, &board.key, None).unwrap();
+    board.point(&failing);
+    let r = reload(&server);
+    assert_eq!(code(&r), "reload_failed", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("self-test case 1") && msg.contains("token 1"),
+        "{msg}"
+    );
+    assert_eq!(entities(), served);
+}

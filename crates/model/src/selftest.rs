@@ -1,7 +1,8 @@
 //! A bundle's self-test: golden texts and the probabilities the bundle
 //! must give for them, in `selftest.jsonl` (one `{"text", "probs"}` object
 //! per line; for an `embed` bundle `{"text", "vector"}`, the vector it must
-//! give within a cosine of [`MIN_COSINE`]). The file is listed in the manifest like any other, so a
+//! give within a cosine of [`MIN_COSINE`]; for an `ner` bundle
+//! `{"text", "tokens"}`, every token's tag probabilities). The file is listed in the manifest like any other, so a
 //! signed bundle's self-test is signed too. A server runs it before it
 //! swaps a new model in: a bundle that does not answer as it did when it
 //! was made is not served.
@@ -41,6 +42,25 @@ pub struct Case {
     /// The vector (an embedding model's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector: Option<Vec<f32>>,
+    /// Each token's tag probabilities, in label order, special tokens
+    /// included (an NER model's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<Vec<f32>>>,
+}
+
+/// An NER model's tag probabilities for each token of `text`.
+fn token_probs(clf: &mut Classifier, text: &str) -> Result<Vec<Vec<f32>>> {
+    let n = clf.manifest().labels.len();
+    let (logits, tokens, _) = clf.logits(text)?;
+    Ok(logits
+        .chunks_exact(n)
+        .take(tokens)
+        .map(|z| {
+            let mut p = vec![0.0; n];
+            crate::postprocess::softmax_into(z, &mut p);
+            p
+        })
+        .collect())
 }
 
 /// Parses a `selftest.jsonl`.
@@ -94,6 +114,41 @@ pub fn run(clf: &mut Classifier, cases: &[Case]) -> Result<f32> {
             worst = worst.max(1.0 - cosine);
             continue;
         }
+        if matches!(clf.task(), Task::Ner) {
+            let Some(want) = &case.tokens else {
+                return Err(Error::Model(format!(
+                    "self-test case {}: no token probabilities for an NER model",
+                    i + 1
+                )));
+            };
+            let got = token_probs(clf, &case.text)?;
+            let shape = |v: &[Vec<f32>]| v.iter().map(Vec::len).collect::<Vec<_>>();
+            if shape(&got) != shape(want) {
+                return Err(Error::Model(format!(
+                    "self-test case {}: the model gives {} tokens of {} tags, the self-test {} of {}",
+                    i + 1,
+                    got.len(),
+                    got.first().map_or(0, Vec::len),
+                    want.len(),
+                    want.first().map_or(0, Vec::len)
+                )));
+            }
+            for (t, (g, w)) in got.iter().zip(want).enumerate() {
+                for (l, (p, q)) in g.iter().zip(w).enumerate() {
+                    let d = (p - q).abs();
+                    if d.is_nan() || d > TOLERANCE {
+                        return Err(Error::Model(format!(
+                            "self-test case {} ({:?}) failed: token {t}'s {} is {p:.4}, expected {q:.4} (tolerance {TOLERANCE})",
+                            i + 1,
+                            case.text,
+                            clf.manifest().labels[l]
+                        )));
+                    }
+                    worst = worst.max(d);
+                }
+            }
+            continue;
+        }
         let c = clf.classify(&case.text)?;
         if c.scores.len() != case.probs.len() {
             return Err(Error::Model(format!(
@@ -122,20 +177,20 @@ pub fn run(clf: &mut Classifier, cases: &[Case]) -> Result<f32> {
 pub fn make(clf: &mut Classifier, texts: &[&str]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for text in texts {
-        let case = if matches!(clf.task(), Task::Embed { .. }) {
-            Case {
-                text: text.to_string(),
-                probs: Vec::new(),
-                vector: Some(clf.embed(text)?.vector),
-            }
-        } else {
-            let c = clf.classify(text)?;
-            Case {
-                text: text.to_string(),
-                probs: c.scores.iter().map(|(_, p)| *p).collect(),
-                vector: None,
-            }
+        let mut case = Case {
+            text: text.to_string(),
+            probs: Vec::new(),
+            vector: None,
+            tokens: None,
         };
+        match clf.task() {
+            Task::Embed { .. } => case.vector = Some(clf.embed(text)?.vector),
+            Task::Ner => case.tokens = Some(token_probs(clf, text)?),
+            Task::Classify | Task::Multilabel { .. } => {
+                let c = clf.classify(text)?;
+                case.probs = c.scores.iter().map(|(_, p)| *p).collect();
+            }
+        }
         out.extend_from_slice(
             serde_json::to_string(&case)
                 .map_err(|e| Error::Model(e.to_string()))?
@@ -163,5 +218,7 @@ mod tests {
             .to_string()
             .contains(":1:"));
         assert!(parse(b"\xff").is_err());
+        let t = parse(b"{\"text\":\"a\",\"tokens\":[[0.5,0.5],[1,0]]}").unwrap();
+        assert_eq!(t[0].tokens.as_ref().unwrap().len(), 2);
     }
 }
