@@ -315,3 +315,35 @@ fn a_missing_model_is_refused_whatever_waits_on_stdin() {
         stderr(&o)
     );
 }
+
+/// More input and output than a pipe holds, both ways at once: every line
+/// of a large stdin is answered, in order (the harness feeds stdin while it
+/// reads stdout, so neither side waits on the other for ever).
+#[test]
+fn a_large_stdin_is_answered_line_for_line() {
+    let lines: Vec<String> = (0..10_000)
+        .map(|i| format!("film number {i}, fine"))
+        .collect();
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    assert!(input.len() > 3 * 65_536);
+    let o = run(
+        &[
+            "classify",
+            "--json",
+            "--model",
+            tiny_dir().to_str().unwrap(),
+        ],
+        input.as_bytes(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.len() > 65_536);
+    let texts: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(texts, lines);
+}

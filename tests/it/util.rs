@@ -118,14 +118,19 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Output {
         .spawn()
         .expect("spawn edge-bert");
     let mut input = child.stdin.take().unwrap();
-    // A child that exits before reading all of its input (a refused model,
-    // say) closes the pipe: its exit code and stderr then tell the test why.
-    match input.write_all(stdin) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        r => r.unwrap(),
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    let stdin = stdin.to_vec();
+    // Fed from a thread while the output is read, so a child that writes
+    // more than a pipe's worth before it has read all of its input cannot
+    // deadlock the test. A child that exits before reading all of its
+    // input (a refused model, say) closes the pipe: its exit code and
+    // stderr then tell the test why.
+    let feeder = std::thread::spawn(move || match input.write_all(&stdin) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    out
 }
 
 pub fn stdout(o: &Output) -> String {
