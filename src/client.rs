@@ -68,23 +68,9 @@ impl Client {
         })
     }
 
-    /// Classifies one text on the server.
-    pub fn classify(&mut self, text: &str) -> Result<Classification> {
-        self.classify_at(text, None)
-    }
-
-    /// Classifies one text; `threshold` replaces a multi-label model's own.
-    pub fn classify_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut req = classify_request(text, threshold);
-        req["id"] = json!(id);
-        let v = self.request(&req)?;
-        parse_classification(&v, id)
-    }
-
-    /// Sends one text as a classify request and reads whatever the served
-    /// model answers: labels, or an NER model's entities.
+    /// Sends one text as a classify request (`threshold` replaces a
+    /// multi-label model's own) and reads whatever the served model
+    /// answers: labels, or an NER model's entities.
     pub fn answer_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Reply> {
         self.next_id += 1;
         let id = self.next_id;
@@ -142,7 +128,7 @@ fn classify_request(text: &str, threshold: Option<f32>) -> Value {
 
 /// Reads a server response back into a [`Classification`] (logits are not
 /// sent on the wire and come back empty).
-pub fn parse_classification(v: &Value, id: u64) -> Result<Classification> {
+fn parse_classification(v: &Value, id: u64) -> Result<Classification> {
     match decode_answer(v, id) {
         Ok(a) => Ok(Classification {
             label: a.label,
@@ -306,19 +292,9 @@ impl SerialClient {
         }
     }
 
-    /// Classifies one text on the device.
-    pub fn classify(&mut self, text: &str) -> Result<Classification> {
-        self.classify_at(text, None)
-    }
-
-    /// Classifies one text; `threshold` replaces a multi-label model's own.
-    pub fn classify_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Classification> {
-        let v = self.request(classify_request(text, threshold))?;
-        parse_classification(&v, self.next_id)
-    }
-
-    /// Sends one text as a classify request and reads whatever the served
-    /// model answers: labels, or an NER model's entities.
+    /// Sends one text as a classify request (`threshold` replaces a
+    /// multi-label model's own) and reads whatever the served model
+    /// answers: labels, or an NER model's entities.
     pub fn answer_at(&mut self, text: &str, threshold: Option<f32>) -> Result<Reply> {
         let v = self.request(classify_request(text, threshold))?;
         parse_reply(&v, self.next_id)
