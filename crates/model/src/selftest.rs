@@ -133,19 +133,10 @@ pub fn run(clf: &mut Classifier, cases: &[Case]) -> Result<f32> {
                     want.first().map_or(0, Vec::len)
                 )));
             }
+            let labels = &clf.manifest().labels;
             for (t, (g, w)) in got.iter().zip(want).enumerate() {
-                for (l, (p, q)) in g.iter().zip(w).enumerate() {
-                    let d = (p - q).abs();
-                    if d.is_nan() || d > TOLERANCE {
-                        return Err(Error::Model(format!(
-                            "self-test case {} ({:?}) failed: token {t}'s {} is {p:.4}, expected {q:.4} (tolerance {TOLERANCE})",
-                            i + 1,
-                            case.text,
-                            clf.manifest().labels[l]
-                        )));
-                    }
-                    worst = worst.max(d);
-                }
+                let d = within(i, case, g, w, |l| format!("token {t}'s {}", labels[l]))?;
+                worst = worst.max(d);
             }
             continue;
         }
@@ -158,17 +149,35 @@ pub fn run(clf: &mut Classifier, cases: &[Case]) -> Result<f32> {
                 case.probs.len()
             )));
         }
-        for ((label, p), want) in c.scores.iter().zip(&case.probs) {
-            let d = (p - want).abs();
-            if d.is_nan() || d > TOLERANCE {
-                return Err(Error::Model(format!(
-                    "self-test case {} ({:?}) failed: {label} is {p:.4}, expected {want:.4} (tolerance {TOLERANCE})",
-                    i + 1,
-                    case.text
-                )));
-            }
-            worst = worst.max(d);
+        let probs: Vec<f32> = c.scores.iter().map(|(_, p)| *p).collect();
+        let d = within(i, case, &probs, &case.probs, |l| c.scores[l].0.clone())?;
+        worst = worst.max(d);
+    }
+    Ok(worst)
+}
+
+/// The largest difference between probabilities `got` and the golden
+/// `want` of case `i`, or the error naming the first one (`what` of its
+/// index) that is off by more than [`TOLERANCE`].
+fn within(
+    i: usize,
+    case: &Case,
+    got: &[f32],
+    want: &[f32],
+    what: impl Fn(usize) -> String,
+) -> Result<f32> {
+    let mut worst = 0.0f32;
+    for (l, (p, q)) in got.iter().zip(want).enumerate() {
+        let d = (p - q).abs();
+        if d.is_nan() || d > TOLERANCE {
+            return Err(Error::Model(format!(
+                "self-test case {} ({:?}) failed: {} is {p:.4}, expected {q:.4} (tolerance {TOLERANCE})",
+                i + 1,
+                case.text,
+                what(l)
+            )));
         }
+        worst = worst.max(d);
     }
     Ok(worst)
 }
