@@ -220,19 +220,7 @@ fn the_server_answers_texts_with_entities() {
         .take(8)
         .map(|r| r["text"].as_str().unwrap())
         .collect();
-    let local = run(
-        &["classify", "--json", "--model", bundle().to_str().unwrap()],
-        texts
-            .iter()
-            .map(|t| format!("{t}\n"))
-            .collect::<String>()
-            .as_bytes(),
-    );
-    assert!(local.status.success(), "{}", stderr(&local));
-    let local: Vec<serde_json::Value> = stdout(&local)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let local = classify_json(&["--model", bundle().to_str().unwrap()], &texts);
 
     let server = Server::start(&["--model", bundle().to_str().unwrap()]);
     let mut conn = server.connect();
@@ -281,25 +269,22 @@ fn the_server_answers_texts_with_entities() {
     assert!(v["entities"].is_array(), "{v}");
 
     // The client over the socket prints the in-process lines.
-    let o = run(
-        &[
-            "classify",
-            "--json",
-            "--socket",
-            server.socket.to_str().unwrap(),
-        ],
-        texts
-            .iter()
-            .map(|t| format!("{t}\n"))
-            .collect::<String>()
-            .as_bytes(),
-    );
+    let remote = classify_json(&["--socket", server.socket.to_str().unwrap()], &texts);
+    assert_eq!(remote, local);
+}
+
+/// `edge-bert classify --json` with `args` (the model or server) on
+/// `texts`, one per stdin line: one answer object per text.
+pub fn classify_json(args: &[&str], texts: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["classify", "--json"];
+    all.extend_from_slice(args);
+    let input: String = texts.iter().map(|t| format!("{t}\n")).collect();
+    let o = run(&all, input.as_bytes());
     assert!(o.status.success(), "{}", stderr(&o));
-    let remote: Vec<serde_json::Value> = stdout(&o)
+    stdout(&o)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(remote, local);
+        .collect()
 }
 
 /// Entities with their scores read as f32 (the server writes an f32's

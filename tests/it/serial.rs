@@ -633,19 +633,7 @@ fn an_ner_model_answers_entities_over_the_serial_line() {
         .map(|r| r["text"].as_str().unwrap())
         .collect();
     let bundle = crate::ner::bundle();
-    let local = run(
-        &["classify", "--json", "--model", bundle.to_str().unwrap()],
-        texts
-            .iter()
-            .map(|t| format!("{t}\n"))
-            .collect::<String>()
-            .as_bytes(),
-    );
-    assert!(local.status.success(), "{}", stderr(&local));
-    let local: Vec<Value> = stdout(&local)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let local = crate::ner::classify_json(&["--model", bundle.to_str().unwrap()], &texts);
     let dir = tempfile::tempdir().unwrap();
     let dev = dir.path().join("ttyDEV");
     let mut wire = Wire::plug(&dev);

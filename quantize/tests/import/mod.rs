@@ -729,6 +729,16 @@ fn a_multilabel_bundle_imports_quantises_and_reports_f1() {
     assert_fails(&o, 2, "multilabel");
 }
 
+/// ONNX Runtime's answers on the Python `tokenizers` ids, one object per
+/// text (`tests/fixtures/make_bpe_tokenizers.py`).
+fn bpe_references() -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root().join("tests/fixtures/bpe-reference.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// A BPE (RoBERTa's layout) and a Unigram (XLM-R's) `tokenizer.json`,
 /// imported with the tiny model's graph in one command each: the bundle
 /// reads them through the `tokenizers` crate and answers with ONNX
@@ -738,12 +748,7 @@ fn a_multilabel_bundle_imports_quantises_and_reports_f1() {
 #[test]
 fn bpe_and_unigram_tokenizers_import_and_match_onnx_runtime() {
     let tmp = tempfile::tempdir().unwrap();
-    let refs: Vec<serde_json::Value> =
-        std::fs::read_to_string(root().join("tests/fixtures/bpe-reference.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let refs = bpe_references();
     for name in ["bpe", "unigram"] {
         let out = tmp.path().join(name);
         let tokenizer = root().join(format!("tests/fixtures/{name}-tokenizer.json"));
@@ -786,12 +791,7 @@ fn bpe_and_unigram_tokenizers_import_and_match_onnx_runtime() {
 /// made by `make_bpe_tokenizers.py`), special tokens spanning nothing.
 #[test]
 fn bpe_and_unigram_files_tokenise_as_the_python_tokenizers_does() {
-    let refs: Vec<serde_json::Value> =
-        std::fs::read_to_string(root().join("tests/fixtures/bpe-reference.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let refs = bpe_references();
     let mut seen = std::collections::BTreeMap::new();
     for r in &refs {
         let name = r["tokenizer"].as_str().unwrap();
