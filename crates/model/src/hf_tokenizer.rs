@@ -9,6 +9,7 @@
 //! reads the first token's vector (CLS pooling) and NER leaves out the two
 //! ends. Other layouts are refused at load with what the file gives.
 
+use tokenizers::models::ModelWrapper;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
@@ -21,7 +22,7 @@ pub(crate) struct HfTokenizer {
     tok: Tokenizer,
     max_len: usize,
     /// The model's type as the file names it (`BPE`, `Unigram`, ...).
-    kind: String,
+    kind: &'static str,
 }
 
 impl std::fmt::Debug for HfTokenizer {
@@ -45,10 +46,12 @@ impl HfTokenizer {
             )));
         }
         let mut tok = Tokenizer::from_bytes(json).map_err(error)?;
-        let kind = serde_json::from_slice::<serde_json::Value>(json)
-            .ok()
-            .and_then(|v| v["model"]["type"].as_str().map(String::from))
-            .unwrap_or_else(|| "unknown".into());
+        let kind = match tok.get_model() {
+            ModelWrapper::BPE(_) => "BPE",
+            ModelWrapper::WordPiece(_) => "WordPiece",
+            ModelWrapper::WordLevel(_) => "WordLevel",
+            ModelWrapper::Unigram(_) => "Unigram",
+        };
         tok.with_padding(None);
         tok.with_truncation(Some(TruncationParams {
             max_length: max_len,
@@ -73,7 +76,7 @@ impl HfTokenizer {
     }
 
     pub(crate) fn kind(&self) -> &str {
-        &self.kind
+        self.kind
     }
 
     pub(crate) fn max_len(&self) -> usize {
